@@ -1,0 +1,190 @@
+// The only file that sees torch tensors: argument checks, dispatch by device, and
+// registration of the ops (torch.library schema + CPU kernels; fake kernels live in
+// sparse_attn/_ops.py) and of the pybind11 module sparse_attn._C (build facts).
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/attention_kernel.h"
+#include "sparse_attn/causal.h"
+#include "sparse_attn/params.h"
+#include "sparse_attn/validate.h"
+
+#ifdef SA_WITH_CUDA
+#include "cuda/smoke.h"
+#endif
+
+namespace sparse_attn {
+namespace {
+
+DType to_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default:
+      TORCH_CHECK_VALUE(false, name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+}
+
+void check_qkv_layout(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be [batch, seqlen, heads, head_dim], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.stride(3) == 1, name, " must have a contiguous last dimension (stride 1), got strides ",
+                    t.strides());
+}
+
+// Checks q/k/v/out and fills the shared part of the parameters.
+AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& out, const at::Tensor& lse, double scale, bool causal) {
+  check_qkv_layout(q, "q");
+  check_qkv_layout(k, "k");
+  check_qkv_layout(v, "v");
+  check_qkv_layout(out, "out");
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                    "q, k and v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+                    v.scalar_type());
+  TORCH_CHECK_VALUE(out.scalar_type() == q.scalar_type(), "out must have q's dtype ", q.scalar_type(),
+                    ", got ", out.scalar_type());
+  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device() && out.device() == q.device(),
+                    "q, k, v and out must be on one device");
+  const int64_t B = q.size(0), Sq = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t Sk = k.size(1), Hkv = k.size(2);
+  TORCH_CHECK_VALUE(k.size(0) == B && v.size(0) == B, "k and v must have q's batch size ", B);
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v must have k's shape ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(k.size(3) == D, "k's head_dim ", k.size(3), " differs from q's ", D);
+  TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "q's heads (", Hq, ") must be a multiple of k's heads (", Hkv, ")");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
+  TORCH_CHECK_VALUE(D % 16 == 0 && D >= 16 && D <= 512, "head_dim must be a multiple of 16 in [16, 512], got ", D);
+  AttentionParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.dtype = to_dtype(q, "q");
+  p.batch = B, p.seqlen_q = Sq, p.seqlen_k = Sk, p.heads_q = Hq, p.heads_kv = Hkv, p.head_dim = D;
+  for (int i = 0; i < 3; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+    p.o_stride[i] = out.stride(i);
+  }
+  p.scale = static_cast<float>(scale);
+  p.causal = causal;
+  return p;
+}
+
+void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == q.device(), name, " must be on q's device ", q.device(), ", got ", t.device());
+}
+
+// Fills the mask part; counts [Bm, Hm, MB], indices [Bm, Hm, MB, K], Bm in {1, B}, Hm in {1, Hq}.
+void fill_block_list(const at::Tensor& counts, const at::Tensor& indices, const char* cname, const char* iname,
+                     const at::Tensor& q, int64_t num_q_blocks, const int32_t*& cptr, int64_t* cstride,
+                     const int32_t*& iptr, int64_t* istride, int64_t& capacity) {
+  check_index_tensor(counts, cname, 3, q);
+  check_index_tensor(indices, iname, 4, q);
+  const int64_t B = q.size(0), Hq = q.size(2);
+  TORCH_CHECK_VALUE(counts.size(0) == 1 || counts.size(0) == B, cname, "'s batch dimension must be 1 or ", B,
+                    ", got shape ", counts.sizes());
+  TORCH_CHECK_VALUE(counts.size(1) == 1 || counts.size(1) == Hq, cname, "'s head dimension must be 1 or ", Hq,
+                    " (query heads), got shape ", counts.sizes());
+  TORCH_CHECK_VALUE(counts.size(2) == num_q_blocks, cname, " must have ", num_q_blocks,
+                    " query blocks (ceil(seqlen_q / block_q)), got shape ", counts.sizes());
+  TORCH_CHECK_VALUE(indices.size(0) == counts.size(0) && indices.size(1) == counts.size(1) &&
+                        indices.size(2) == counts.size(2),
+                    iname, " shape ", indices.sizes(), " does not match ", cname, " shape ", counts.sizes());
+  cptr = counts.data_ptr<int32_t>();
+  iptr = indices.data_ptr<int32_t>();
+  for (int i = 0; i < 3; ++i) cstride[i] = counts.size(i) == 1 ? 0 : counts.stride(i);
+  for (int i = 0; i < 4; ++i) istride[i] = indices.size(i) == 1 && i < 3 ? 0 : indices.stride(i);
+  capacity = indices.size(3);
+}
+
+at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      at::Tensor& out, const at::Tensor& counts, const at::Tensor& indices,
+                                      const std::optional<at::Tensor>& full_counts,
+                                      const std::optional<at::Tensor>& full_indices, int64_t block_q,
+                                      int64_t block_k, bool causal, double scale, bool validate) {
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
+  TORCH_CHECK_VALUE(block_q >= 16 && block_q <= 512 && block_q % 16 == 0,
+                    "block_size[0] (query block) must be a multiple of 16 in [16, 512], got ", block_q);
+  TORCH_CHECK_VALUE(block_k >= 64 && block_k % 64 == 0,
+                    "block_size[1] (key block) must be a positive multiple of 64 on the CPU engine, got ", block_k);
+  TORCH_CHECK_VALUE(full_counts.has_value() == full_indices.has_value(),
+                    "full_counts and full_indices must be given together");
+  BlockSparseParams m;
+  m.block_q = static_cast<int>(block_q);
+  m.block_k = static_cast<int>(block_k);
+  m.num_q_blocks = (p.seqlen_q + block_q - 1) / block_q;
+  m.num_k_blocks = (p.seqlen_k + block_k - 1) / block_k;
+  fill_block_list(counts, indices, "counts", "indices", q, m.num_q_blocks, m.counts, m.counts_stride, m.indices,
+                  m.indices_stride, m.max_count);
+  if (full_counts) {
+    fill_block_list(*full_counts, *full_indices, "full_counts", "full_indices", q, m.num_q_blocks, m.full_counts,
+                    m.full_counts_stride, m.full_indices, m.full_indices_stride, m.max_full_count);
+  }
+  if (validate) {
+    const CausalGeometry geo{p.seqlen_q, p.seqlen_k, causal};
+    std::string err = validate_block_sparse(m, counts.size(0), counts.size(1),
+                                            full_counts ? full_counts->size(0) : 0,
+                                            full_counts ? full_counts->size(1) : 0, geo);
+    TORCH_CHECK_VALUE(err.empty(), err);
+  }
+  if (q.numel() > 0) cpu::block_sparse_forward(p, m);
+  return lse;
+}
+
+at::Tensor streaming_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                                   int64_t sink_tokens, int64_t window_tokens, double scale) {
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  AttentionParams p = make_params(q, k, v, out, lse, scale, /*causal=*/true);
+  TORCH_CHECK_VALUE(sink_tokens >= 0, "sink_tokens must be >= 0, got ", sink_tokens);
+  TORCH_CHECK_VALUE(window_tokens >= 0, "window_tokens must be >= 0, got ", window_tokens);
+  StreamingParams s{sink_tokens, window_tokens};
+  if (q.numel() > 0) cpu::streaming_forward(p, s);
+  return lse;
+}
+
+}  // namespace
+}  // namespace sparse_attn
+
+TORCH_LIBRARY(sparse_attn, m) {
+  m.def(
+      "block_sparse_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor counts, Tensor indices, "
+      "Tensor? full_counts, Tensor? full_indices, int block_q, int block_k, bool causal, float scale, "
+      "bool validate) -> Tensor");
+  m.def(
+      "streaming_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) out, int sink_tokens, int window_tokens, "
+      "float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
+  m.impl("block_sparse_attention", &sparse_attn::block_sparse_attention_cpu);
+  m.impl("streaming_attention", &sparse_attn::streaming_attention_cpu);
+}
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "sparse_attn compiled engines (ops are registered under torch.ops.sparse_attn)";
+  mod.attr("__version__") = SPARSE_ATTN_VERSION;
+  mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");
+  mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
+          "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");
+#ifdef SA_WITH_CUDA
+  mod.attr("cuda_compiled") = true;
+  mod.attr("cuda_archs") = SA_CUDA_ARCHS;
+  mod.attr("cutlass_version") = SA_CUTLASS_VERSION;
+  mod.def("cuda_device_count", &sparse_attn::cuda::device_count, "CUDA devices visible (0 without a driver)");
+  mod.def("cuda_compiled_archs", &sparse_attn::cuda::compiled_archs, "archs the CUDA code was compiled for");
+#else
+  mod.attr("cuda_compiled") = false;
+  mod.attr("cuda_archs") = "";
+  mod.attr("cutlass_version") = "";
+#endif
+}

@@ -1,0 +1,363 @@
+// CPU engine for prefill attention over key spans (block-sparse and streaming).
+//
+// Flash-attention style: a work item is (batch, query head, query tile); it walks the
+// tile's key spans (csrc/include/sparse_attn/key_spans.h) in tiles of up to kTileKeys
+// keys, computes S = Q K^T and O += P V with ATen's cpublas::brgemm (AMX for bf16/fp16
+// where the CPU has it, AVX-512 otherwise) and keeps an online softmax per row
+// (softmax_state.h). K and V are packed once per call into the layout brgemm wants, so
+// the packing is shared by every query head of a GQA group and every query tile.
+//
+// This file is compiled once per instruction set; SA_CPU_NS names the namespace.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "attention_kernel.h"
+#include "sparse_attn/causal.h"
+#include "sparse_attn/key_spans.h"
+#include "sparse_attn/softmax_state.h"
+
+namespace sparse_attn::cpu::SA_CPU_NS {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kChunk = 64;      // keys per packed K chunk (brgemm N for S = Q K^T)
+constexpr int64_t kTileKeys = 256;  // keys per softmax tile (multiple of kChunk)
+constexpr int64_t kDimChunk = 64;   // head_dim columns per packed V chunk (brgemm N for P V)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Where the key sequence for a tile comes from; one per op.
+struct BlockSparseSpans {
+  const BlockSparseParams& mask;
+  int64_t tile_q;  // query rows per work item == mask block_q
+  int64_t num_tiles(int64_t seqlen_q) const { return mask.num_q_blocks; }
+  int64_t spans(int64_t b, int64_t h, int64_t m, int64_t key_limit, KeySpan* out) const {
+    BlockRow row = BlockRow::of(mask, b, h, m);
+    // Spans are not capped: the tile loop cuts them into kTileKeys pieces.
+    return block_row_spans(row, mask.block_k, key_limit, INT64_MAX, out);
+  }
+  int64_t max_spans() const { return mask.max_count + mask.max_full_count + 1; }
+  static constexpr bool kStreaming = false;
+};
+
+struct StreamingSpans {
+  const StreamingParams& s;
+  int64_t offset;  // seqlen_k - seqlen_q
+  int64_t seqlen_k;
+  int64_t tile_q;
+  int64_t num_tiles(int64_t seqlen_q) const { return ceil_div(seqlen_q, tile_q); }
+  int64_t spans(int64_t, int64_t, int64_t m, int64_t, KeySpan* out) const {
+    int64_t p0 = m * tile_q + offset;
+    int64_t p1 = p0 + tile_q;  // clipped to seqlen_k inside
+    return streaming_spans(s, p0, p1, seqlen_k, kChunk, out);
+  }
+  int64_t max_spans() const { return 2; }
+  static constexpr bool kStreaming = true;
+};
+
+// K and V of every (batch, kv head) in the layout the tile products read.
+//  kVnni (bf16/fp16 with AMX): K chunk c as [D/2][64][2] (VNNI of K^T); V per head_dim
+//    chunk j of width w_j as [Skpad/2][w_j][2]. Keys past seqlen_k are zero.
+//  float: K chunk c as [D][64] (K^T); V read in place for fp32 inputs, else converted to
+//    a contiguous float [Sk][D].
+template <typename scalar_t, bool kVnni>
+struct PackedKV {
+  using pack_t = std::conditional_t<kVnni, scalar_t, float>;
+  int64_t nchunks = 0, skpad = 0, D = 0;
+  std::vector<pack_t> k, v;
+  const float* v_inplace = nullptr;  // fp32 inputs: V itself
+  int64_t v_ld = 0;                  // row stride of V as read by P V
+  int64_t v_head_stride[2] = {0, 0};  // batch, head strides of the V that is read
+
+  void build(const AttentionParams& p) {
+    D = p.head_dim;
+    nchunks = ceil_div(p.seqlen_k, kChunk);
+    skpad = nchunks * kChunk;
+    const int64_t BG = p.batch * p.heads_kv;
+    k.resize(BG * skpad * D);
+    constexpr bool kInplaceV = !kVnni && std::is_same_v<scalar_t, float>;
+    if (kInplaceV) {
+      v_inplace = static_cast<const float*>(p.v);
+      v_ld = p.v_stride[1];
+      v_head_stride[0] = p.v_stride[0];
+      v_head_stride[1] = p.v_stride[2];
+    } else {
+      v.resize(BG * skpad * D);
+      v_ld = D;
+      v_head_stride[0] = p.heads_kv * skpad * D;
+      v_head_stride[1] = skpad * D;
+    }
+    const auto* K = static_cast<const scalar_t*>(p.k);
+    const auto* V = static_cast<const scalar_t*>(p.v);
+    at::parallel_for(0, BG * nchunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t it = begin; it < end; ++it) {
+        const int64_t bg = it / nchunks, c = it % nchunks;
+        const int64_t b = bg / p.heads_kv, g = bg % p.heads_kv;
+        const int64_t t0 = c * kChunk, nt = std::min(kChunk, p.seqlen_k - t0);
+        const scalar_t* ksrc = K + b * p.k_stride[0] + g * p.k_stride[2] + t0 * p.k_stride[1];
+        const scalar_t* vsrc = V + b * p.v_stride[0] + g * p.v_stride[2] + t0 * p.v_stride[1];
+        pack_t* kdst = k.data() + (bg * nchunks + c) * kChunk * D;
+        pack_k_chunk(ksrc, p.k_stride[1], nt, kdst);
+        if (!kInplaceV) pack_v_chunk(vsrc, p.v_stride[1], t0, nt, v.data() + bg * skpad * D);
+      }
+    });
+  }
+
+  void pack_k_chunk(const scalar_t* src, int64_t ld, int64_t nt, pack_t* dst) const {
+    if constexpr (kVnni) {  // dst[d/2][n][d%2] = src[n][d]
+      for (int64_t d2 = 0; d2 < D / 2; ++d2)
+        for (int64_t n = 0; n < kChunk; ++n) {
+          pack_t* o = dst + (d2 * kChunk + n) * 2;
+          o[0] = n < nt ? src[n * ld + 2 * d2] : pack_t(0);
+          o[1] = n < nt ? src[n * ld + 2 * d2 + 1] : pack_t(0);
+        }
+    } else {  // dst[d][n] = src[n][d]
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t n = 0; n < kChunk; ++n)
+          dst[d * kChunk + n] = n < nt ? static_cast<float>(src[n * ld + d]) : 0.f;
+    }
+  }
+
+  // Keys [t0, t0 + kChunk) of one (batch, kv head); rows past nt are zero.
+  void pack_v_chunk(const scalar_t* src, int64_t ld, int64_t t0, int64_t nt, pack_t* head) const {
+    if constexpr (kVnni) {
+      for (int64_t d0 = 0; d0 < D; d0 += kDimChunk) {
+        const int64_t w = std::min(kDimChunk, D - d0);
+        pack_t* base = head + skpad * d0;  // chunk j starts after all earlier chunks
+        for (int64_t n = 0; n < kChunk; ++n) {
+          const int64_t t = t0 + n;
+          pack_t* o = base + ((t / 2) * w) * 2 + (t % 2);
+          for (int64_t dd = 0; dd < w; ++dd) o[dd * 2] = n < nt ? src[n * ld + d0 + dd] : pack_t(0);
+        }
+      }
+    } else {
+      for (int64_t n = 0; n < kChunk; ++n)
+        for (int64_t d = 0; d < D; ++d)
+          head[(t0 + n) * D + d] = n < nt ? static_cast<float>(src[n * ld + d]) : 0.f;
+    }
+  }
+};
+
+// Visible keys of one query row inside a tile: at most two intervals (sink + window).
+struct RowIntervals {
+  int64_t a0, a1, b0, b1;  // [a0, a1) U [b0, b1), relative to the tile start; empty if x0 >= x1
+};
+
+template <typename Spans>
+RowIntervals row_intervals(const Spans& spans, const CausalGeometry& geo, int64_t q_row,
+                           int64_t t0, int64_t t1) {
+  int64_t hi = std::min(t1, geo.key_end(q_row));
+  if constexpr (Spans::kStreaming) {
+    const int64_t p = geo.key_pos(q_row);
+    int64_t s_end = std::min(hi, spans.s.sink_tokens);
+    int64_t w_start = std::max(t0, p - spans.s.window_tokens + 1);
+    if (spans.s.window_tokens <= 0) w_start = hi;
+    if (s_end >= w_start) return {0, std::max(hi - t0, int64_t(0)), 0, 0};  // they touch
+    return {0, std::max(s_end - t0, int64_t(0)), w_start - t0, hi - t0};
+  } else {
+    return {0, std::max(hi - t0, int64_t(0)), 0, 0};
+  }
+}
+
+// Scales scores in [x0, x1) and returns their max.
+inline float scale_and_max(float* s, int64_t x0, int64_t x1, float scale, float m) {
+  int64_t j = x0;
+  Vec vmax(m), vs(scale);
+  for (; j + Vec::size() <= x1; j += Vec::size()) {
+    Vec x = Vec::loadu(s + j) * vs;
+    x.store(s + j);
+    vmax = at::vec::maximum(vmax, x);
+  }
+  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  for (; j < x1; ++j) {
+    s[j] *= scale;
+    out = std::max(out, s[j]);
+  }
+  return out;
+}
+
+// s[j] <- exp(s[j] - m) on [x0, x1); returns the sum.
+inline float exp_and_sum(float* s, int64_t x0, int64_t x1, float m) {
+  int64_t j = x0;
+  Vec vsum(0.f), vm(m);
+  for (; j + Vec::size() <= x1; j += Vec::size()) {
+    Vec e = (Vec::loadu(s + j) - vm).exp_u20();
+    e.store(s + j);
+    vsum = vsum + e;
+  }
+  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; j < x1; ++j) {
+    s[j] = std::exp(s[j] - m);
+    out += s[j];
+  }
+  return out;
+}
+
+template <typename scalar_t, bool kVnni, typename Spans>
+void run_attention(const AttentionParams& p, const Spans& spans) {
+  using pack_t = typename PackedKV<scalar_t, kVnni>::pack_t;
+  PackedKV<scalar_t, kVnni> kv;
+  kv.build(p);
+
+  const int64_t D = p.head_dim, BQ = spans.tile_q;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t mtiles = spans.num_tiles(p.seqlen_q);
+  const int64_t total = p.batch * p.heads_q * mtiles;
+  const CausalGeometry geo{p.seqlen_q, p.seqlen_k, p.causal};
+  const auto* Q = static_cast<const scalar_t*>(p.q);
+  auto* O = static_cast<scalar_t*>(p.out);
+  constexpr bool kInplaceQ = kVnni || std::is_same_v<scalar_t, float>;
+
+  // Items are handed out dynamically, last query tiles first: under a causal mask they
+  // have the most keys, so the long ones start early and the short ones fill the tail.
+  std::atomic<int64_t> next{0};
+  const int nthreads = at::get_num_threads();
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    std::vector<float> S(BQ * kTileKeys), acc(BQ * D);
+    std::vector<pack_t> P(kVnni ? BQ * kTileKeys : 0);
+    std::vector<float> Qf(kInplaceQ ? 0 : BQ * D);
+    std::vector<SoftmaxRowState> state(BQ);
+    std::vector<KeySpan> span_buf(spans.max_spans());
+    for (int64_t item = next++; item < total; item = next++) {
+      const int64_t m = mtiles - 1 - item / (p.batch * p.heads_q);
+      const int64_t bh = item % (p.batch * p.heads_q);
+      const int64_t b = bh / p.heads_q, h = bh % p.heads_q, g = h / group;
+      const int64_t q0 = m * BQ, rows = std::min(BQ, p.seqlen_q - q0);
+      if (rows <= 0) continue;
+
+      // Query tile: read in place (lda = seq stride) or converted to float.
+      const scalar_t* qsrc = Q + b * p.q_stride[0] + h * p.q_stride[2] + q0 * p.q_stride[1];
+      const pack_t* qa;
+      int64_t lda;
+      if constexpr (kInplaceQ) {
+        qa = reinterpret_cast<const pack_t*>(qsrc);
+        lda = p.q_stride[1];
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t d = 0; d < D; ++d) Qf[r * D + d] = static_cast<float>(qsrc[r * p.q_stride[1] + d]);
+        qa = reinterpret_cast<const pack_t*>(Qf.data());
+        lda = D;
+      }
+      std::fill(acc.begin(), acc.begin() + rows * D, 0.f);
+      std::fill(state.begin(), state.begin() + rows, SoftmaxRowState::empty());
+
+      const int64_t bg = b * p.heads_kv + g;
+      const pack_t* kbase = kv.k.data() + bg * kv.nchunks * kChunk * D;
+      // Keys past the tile's last visible key are never needed (rounded up to a chunk).
+      const int64_t key_limit = std::min(p.seqlen_k, ceil_div(geo.key_end(q0 + rows - 1), kChunk) * kChunk);
+      const int64_t nspans = spans.spans(b, h, m, key_limit, span_buf.data());
+
+      for (int64_t si = 0; si < nspans; ++si) {
+        for (int64_t t0 = span_buf[si].start; t0 < span_buf[si].end; t0 += kTileKeys) {
+          const int64_t t1 = std::min(t0 + kTileKeys, span_buf[si].end);
+          if (geo.tile_empty(q0 + rows, t0)) continue;
+          const int64_t ncols = t1 - t0, nch = ceil_div(ncols, kChunk);
+          // S = Q K^T, one brgemm per 64-key chunk (N = 64, K = D).
+          for (int64_t c = 0; c < nch; ++c)
+            at::native::cpublas::brgemm(rows, kChunk, D, lda, kChunk, kTileKeys, false, qa,
+                                        kbase + (t0 / kChunk + c) * kChunk * D, S.data() + c * kChunk,
+                                        kVnni);
+          // Online softmax per row over its visible intervals.
+          const int64_t kpad = kVnni ? (ncols + 1) / 2 * 2 : ncols;
+          for (int64_t r = 0; r < rows; ++r) {
+            float* s = S.data() + r * kTileKeys;
+            const RowIntervals iv = row_intervals(spans, geo, q0 + r, t0, t1);
+            float mx = -INFINITY;
+            if (iv.a1 > iv.a0) mx = scale_and_max(s, iv.a0, iv.a1, p.scale, mx);
+            if (iv.b1 > iv.b0) mx = scale_and_max(s, iv.b0, iv.b1, p.scale, mx);
+            float sum = 0.f;
+            if (mx != -INFINITY) {
+              const float factor = state[r].rescale_to(mx);
+              if (factor != 1.f) {
+                float* a = acc.data() + r * D;
+                at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
+              }
+              const float m_new = state[r].max;
+              if (iv.a1 > iv.a0) sum += exp_and_sum(s, iv.a0, iv.a1, m_new);
+              if (iv.b1 > iv.b0) sum += exp_and_sum(s, iv.b0, iv.b1, m_new);
+              state[r].add_sum(sum);
+            }
+            // Zero everything outside the visible intervals (P must be exact zeros there).
+            auto zero = [&](int64_t x0, int64_t x1) {
+              if (x1 > x0) std::memset(s + x0, 0, sizeof(float) * (x1 - x0));
+            };
+            if (mx == -INFINITY) {
+              zero(0, kpad);
+            } else {
+              zero(0, iv.a0);
+              if (iv.b1 > iv.b0) {
+                zero(iv.a1, iv.b0);
+                zero(iv.b1, kpad);
+              } else {
+                zero(iv.a1, kpad);
+              }
+            }
+            if constexpr (kVnni) at::vec::convert(s, P.data() + r * kTileKeys, kpad);
+          }
+          // O += P V.
+          if constexpr (kVnni) {
+            const pack_t* vhead = kv.v.data() + bg * kv.skpad * D;
+            for (int64_t d0 = 0; d0 < D; d0 += kDimChunk) {
+              const int64_t w = std::min(kDimChunk, D - d0);
+              at::native::cpublas::brgemm(rows, w, kpad, kTileKeys, w, D, true, P.data(),
+                                          vhead + kv.skpad * d0 + t0 * w, acc.data() + d0, true);
+            }
+          } else {
+            const float* vsrc = kv.v_inplace
+                                    ? kv.v_inplace + b * kv.v_head_stride[0] + g * kv.v_head_stride[1]
+                                    : kv.v.data() + bg * kv.skpad * D;
+            at::native::cpublas::brgemm(rows, D, ncols, kTileKeys, kv.v_ld, D, true, S.data(),
+                                        vsrc + t0 * kv.v_ld, acc.data(), false);
+          }
+        }
+      }
+      // Normalize and store.
+      for (int64_t r = 0; r < rows; ++r) {
+        const float inv = state[r].inv_sum();
+        scalar_t* o = O + b * p.o_stride[0] + h * p.o_stride[2] + (q0 + r) * p.o_stride[1];
+        const float* a = acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(a[d] * inv);
+        p.lse[(b * p.heads_q + h) * p.seqlen_q + q0 + r] = state[r].lse();
+      }
+    }
+    if (kVnni) at::native::cpublas::brgemm_release(true);
+  });
+}
+
+template <typename Spans>
+void dispatch_dtype(const AttentionParams& p, const Spans& spans) {
+  // bf16/fp16 use the VNNI (AMX) path where oneDNN can pack for it; otherwise tiles are
+  // computed in fp32 from converted copies.
+  switch (p.dtype) {
+    case DType::kFloat32:
+      return run_attention<float, false>(p, spans);
+    case DType::kBFloat16:
+      if (at::native::cpublas::could_pack(at::kBFloat16)) return run_attention<c10::BFloat16, true>(p, spans);
+      return run_attention<c10::BFloat16, false>(p, spans);
+    case DType::kFloat16:
+      if (at::native::cpublas::could_pack(at::kHalf)) return run_attention<c10::Half, true>(p, spans);
+      return run_attention<c10::Half, false>(p, spans);
+  }
+}
+
+}  // namespace
+
+void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask) {
+  dispatch_dtype(p, BlockSparseSpans{mask, mask.block_q});
+}
+
+void streaming_forward(const AttentionParams& p, const StreamingParams& s) {
+  dispatch_dtype(p, StreamingSpans{s, p.seqlen_k - p.seqlen_q, p.seqlen_k, /*tile_q=*/64});
+}
+
+}  // namespace sparse_attn::cpu::SA_CPU_NS

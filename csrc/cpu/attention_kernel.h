@@ -1,0 +1,24 @@
+// CPU engine entry points. attention_kernel.cpp is compiled once per instruction set
+// (namespaces DEFAULT and AVX512); dispatch.cpp picks one at run time.
+#pragma once
+#include "sparse_attn/params.h"
+
+namespace sparse_attn::cpu {
+
+#define SA_DECLARE_CPU_KERNELS(NS)                                                     \
+  namespace NS {                                                                       \
+  void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask); \
+  void streaming_forward(const AttentionParams& p, const StreamingParams& s);         \
+  }
+SA_DECLARE_CPU_KERNELS(DEFAULT)
+SA_DECLARE_CPU_KERNELS(AVX512)
+#undef SA_DECLARE_CPU_KERNELS
+
+// Run-time dispatch (dispatch.cpp).
+void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask);
+void streaming_forward(const AttentionParams& p, const StreamingParams& s);
+// Which kernel build and tile path the dispatcher uses on this CPU.
+const char* kernel_isa();
+bool uses_amx_bf16();
+
+}  // namespace sparse_attn::cpu

@@ -1,0 +1,37 @@
+// Picks the CPU kernel build for this processor once, at first use.
+#include "attention_kernel.h"
+
+#include <ATen/native/CPUBlas.h>
+
+namespace sparse_attn::cpu {
+namespace {
+bool cpu_has_avx512() {
+#if SA_HAVE_AVX512_BUILD && (defined(__x86_64__) || defined(_M_X64))
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return ok;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask) {
+#if SA_HAVE_AVX512_BUILD
+  if (cpu_has_avx512()) return AVX512::block_sparse_forward(p, mask);
+#endif
+  return DEFAULT::block_sparse_forward(p, mask);
+}
+
+void streaming_forward(const AttentionParams& p, const StreamingParams& s) {
+#if SA_HAVE_AVX512_BUILD
+  if (cpu_has_avx512()) return AVX512::streaming_forward(p, s);
+#endif
+  return DEFAULT::streaming_forward(p, s);
+}
+
+const char* kernel_isa() { return cpu_has_avx512() ? "avx512" : "default"; }
+
+bool uses_amx_bf16() { return at::native::cpublas::could_pack(at::kBFloat16); }
+
+}  // namespace sparse_attn::cpu

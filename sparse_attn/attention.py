@@ -1,0 +1,155 @@
+"""Public prefill attention ops: block-sparse and streaming (sink + window)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from ._ops import ops
+from .masks import BlockSparseMask, _dense_to_lists
+
+__all__ = ["block_sparse_attention", "streaming_attention"]
+
+
+def _check_inputs(q, k, v, out, op: str):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be [batch, seqlen, heads, head_dim], got shape {tuple(t.shape)}")
+    if q.device.type != "cpu":
+        raise ValueError(
+            f"{op}: q is on {q.device}, but this build only runs on the CPU engine; the CUDA engine for "
+            f"this op is not built yet (see the README's status table)"
+        )
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"{op}: out must be a torch.Tensor or None")
+        if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+            raise ValueError(
+                f"{op}: out must match q (shape {tuple(q.shape)}, {q.dtype}, {q.device}), got "
+                f"shape {tuple(out.shape)}, {out.dtype}, {out.device}"
+            )
+
+
+def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
+    return float(q.shape[-1] ** -0.5) if scale is None else float(scale)
+
+
+def _flex_to_mask(block_mask, seqlen_q: int, seqlen_k: int, causal: bool) -> BlockSparseMask:
+    """Converts a FlexAttention BlockMask after checking that its mask_mod is exactly the
+    element mask this op applies (causal, bottom-right aligned, or none)."""
+    seq = tuple(int(s) for s in block_mask.seq_lengths)
+    if seq != (seqlen_q, seqlen_k):
+        raise ValueError(
+            f"mask: the BlockMask was built for seq_lengths {seq}, but q/k have ({seqlen_q}, {seqlen_k})"
+        )
+    key = (seqlen_q, seqlen_k, causal)
+    if getattr(block_mask, "_sparse_attn_checked", None) != key:
+        _check_mask_mod(block_mask, seqlen_q, seqlen_k, causal)
+        try:
+            block_mask._sparse_attn_checked = key
+        except AttributeError:
+            pass
+    return BlockSparseMask.from_flex(block_mask)
+
+
+def _check_mask_mod(block_mask, seqlen_q, seqlen_k, causal):
+    # The mask_mod only matters on the partial blocks (full blocks skip it); evaluate it
+    # there, vectorized, and compare with the mask the kernel applies.
+    bq, bk = (int(x) for x in block_mask.BLOCK_SIZE)
+    counts, idx = block_mask.kv_num_blocks, block_mask.kv_indices
+    valid = torch.arange(idx.shape[-1], device=idx.device) < counts[..., None]
+    b, h, m, j = torch.nonzero(valid, as_tuple=True)
+    if b.numel() == 0:
+        return
+    n = idx[b, h, m, j].long()
+    q_idx = m[:, None, None] * bq + torch.arange(bq, device=idx.device)[None, :, None]
+    kv_idx = n[:, None, None] * bk + torch.arange(bk, device=idx.device)[None, None, :]
+    inside = (q_idx < seqlen_q) & (kv_idx < seqlen_k)
+    try:
+        got = block_mask.mask_mod(b[:, None, None], h[:, None, None], q_idx, kv_idx)
+        got = torch.as_tensor(got, device=idx.device).expand_as(inside)
+    except Exception as e:  # noqa: BLE001 - any failure means we cannot vouch for it
+        raise ValueError(f"mask: could not evaluate the BlockMask's mask_mod to check it ({e})") from e
+    want = (q_idx + (seqlen_k - seqlen_q) >= kv_idx) if causal else torch.ones_like(inside)
+    if bool(((got != want) & inside).any()):
+        kind = "causal (bottom-right aligned)" if causal else "all-True (no element mask)"
+        raise ValueError(
+            f"mask: the BlockMask's mask_mod is not {kind} on its partial blocks; only block "
+            f"structure plus {'causal=True' if causal else 'causal=False'} is supported. Pass "
+            f"causal={not causal} if that matches your mask_mod, or use a pure block mask."
+        )
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: Union[BlockSparseMask, "torch.nn.attention.flex_attention.BlockMask"], *,
+                           causal: bool = True, scale: Optional[float] = None, return_lse: bool = False,
+                           out: Optional[torch.Tensor] = None, validate: bool = True):
+    """Attention where each query block attends only its listed key blocks.
+
+    Args:
+        q: ``[B, Sq, Hq, D]``; k, v: ``[B, Sk, Hkv, D]`` with ``Hq % Hkv == 0`` (GQA, no
+            copy). Any strides with a contiguous last dim (pass ``x.transpose(1, 2)`` for
+            Hugging Face ``[B, H, S, D]`` tensors). float32, bfloat16 or float16.
+        mask: a :class:`~sparse_attn.masks.BlockSparseMask` or a FlexAttention ``BlockMask``
+            whose ``mask_mod`` is causal (with ``causal=True``) or all-True (``causal=False``).
+        causal: apply the causal mask, bottom-right aligned when ``Sq < Sk``.
+        scale: softmax scale, default ``D ** -0.5``.
+        return_lse: also return the natural-log log-sum-exp ``[B, Hq, Sq]`` (float32).
+        out: optional output tensor of q's shape and dtype, written in place.
+        validate: check the index tensors (range, order); on by default.
+
+    Returns ``out`` (``[B, Sq, Hq, D]``) or ``(out, lse)``. Rows that attend nothing give
+    zeros and lse ``-inf``.
+
+    Example::
+
+        import torch, sparse_attn
+        q = torch.randn(1, 512, 8, 64, dtype=torch.bfloat16)
+        k = torch.randn(1, 512, 2, 64, dtype=torch.bfloat16); v = torch.randn_like(k)
+        mask = sparse_attn.estimate_block_sparse(q, k, block_size=64, density=0.5)
+        out = sparse_attn.block_sparse_attention(q, k, v, mask)
+    """
+    _check_inputs(q, k, v, out, "block_sparse_attention")
+    if not isinstance(mask, BlockSparseMask):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        if not isinstance(mask, BlockMask):
+            raise ValueError(
+                f"block_sparse_attention: mask must be a BlockSparseMask or a FlexAttention BlockMask, "
+                f"got {type(mask).__name__}"
+            )
+        mask = _flex_to_mask(mask, q.shape[1], k.shape[1], causal)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    bq, bk = mask.block_size
+    lse = ops.block_sparse_attention(q, k, v, out, mask.counts, mask.indices, mask.full_counts,
+                                     mask.full_indices, bq, bk, causal, _scale(q, scale), validate)
+    return (out, lse) if return_lse else out
+
+
+def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sink_tokens: int,
+                        window_tokens: int, scale: Optional[float] = None, return_lse: bool = False,
+                        out: Optional[torch.Tensor] = None):
+    """Causal sink + local-window ("A-shape", StreamingLLM) attention, token exact.
+
+    A query at key position ``p`` attends key ``j`` iff ``j <= p`` and
+    (``j < sink_tokens`` or ``p - j < window_tokens``). No index tensor is built. Shapes,
+    dtypes and return values as in :func:`block_sparse_attention`.
+
+    Example::
+
+        import torch, sparse_attn
+        q = torch.randn(1, 4096, 8, 128, dtype=torch.bfloat16)
+        k = torch.randn(1, 4096, 2, 128, dtype=torch.bfloat16); v = torch.randn_like(k)
+        out = sparse_attn.streaming_attention(q, k, v, sink_tokens=128, window_tokens=1024)
+    """
+    _check_inputs(q, k, v, out, "streaming_attention")
+    for name, val in (("sink_tokens", sink_tokens), ("window_tokens", window_tokens)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
+            raise ValueError(f"streaming_attention: {name} must be an int >= 0, got {val!r}")
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = ops.streaming_attention(q, k, v, out, sink_tokens, window_tokens, _scale(q, scale))
+    return (out, lse) if return_lse else out
