@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 
 #include "cpu/attention_kernel.h"
@@ -58,6 +59,7 @@ AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "q's heads (", Hq, ") must be a multiple of k's heads (", Hkv, ")");
   TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
   TORCH_CHECK_VALUE(D % 16 == 0 && D >= 16 && D <= 512, "head_dim must be a multiple of 16 in [16, 512], got ", D);
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "scale must be a positive finite number, got ", scale);
   AttentionParams p;
   p.q = q.data_ptr();
   p.k = k.data_ptr();

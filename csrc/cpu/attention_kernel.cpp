@@ -12,16 +12,20 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
+#include <c10/util/Exception.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "attention_kernel.h"
+#include "tile_ops.h"
 #include "sparse_attn/causal.h"
 #include "sparse_attn/key_spans.h"
 #include "sparse_attn/softmax_state.h"
@@ -29,7 +33,6 @@
 namespace sparse_attn::cpu::SA_CPU_NS {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kChunk = 64;      // keys per packed K chunk (brgemm N for S = Q K^T)
 constexpr int64_t kTileKeys = 256;  // keys per softmax tile (multiple of kChunk)
 constexpr int64_t kDimChunk = 64;   // head_dim columns per packed V chunk (brgemm N for P V)
@@ -70,11 +73,17 @@ struct StreamingSpans {
 //    chunk j of width w_j as [Skpad/2][w_j][2]. Keys past seqlen_k are zero.
 //  float: K chunk c as [D][64] (K^T); V read in place for fp32 inputs, else converted to
 //    a contiguous float [Sk][D].
+template <typename T>
+struct Span1d {  // a pointer with the vector-like bits the kernel uses
+  T* ptr = nullptr;
+  T* data() const { return ptr; }
+};
+
 template <typename scalar_t, bool kVnni>
 struct PackedKV {
   using pack_t = std::conditional_t<kVnni, scalar_t, float>;
   int64_t nchunks = 0, skpad = 0, D = 0;
-  std::vector<pack_t> k, v;
+  Span1d<pack_t> k, v;
   const float* v_inplace = nullptr;  // fp32 inputs: V itself
   int64_t v_ld = 0;                  // row stride of V as read by P V
   int64_t v_head_stride[2] = {0, 0};  // batch, head strides of the V that is read
@@ -84,7 +93,7 @@ struct PackedKV {
     nchunks = ceil_div(p.seqlen_k, kChunk);
     skpad = nchunks * kChunk;
     const int64_t BG = p.batch * p.heads_kv;
-    k.resize(BG * skpad * D);
+    k.ptr = scratch<pack_t>(0, BG * skpad * D);
     constexpr bool kInplaceV = !kVnni && std::is_same_v<scalar_t, float>;
     if (kInplaceV) {
       v_inplace = static_cast<const float*>(p.v);
@@ -92,7 +101,7 @@ struct PackedKV {
       v_head_stride[0] = p.v_stride[0];
       v_head_stride[1] = p.v_stride[2];
     } else {
-      v.resize(BG * skpad * D);
+      v.ptr = scratch<pack_t>(1, BG * skpad * D);
       v_ld = D;
       v_head_stride[0] = p.heads_kv * skpad * D;
       v_head_stride[1] = skpad * D;
@@ -114,36 +123,46 @@ struct PackedKV {
   }
 
   void pack_k_chunk(const scalar_t* src, int64_t ld, int64_t nt, pack_t* dst) const {
-    if constexpr (kVnni) {  // dst[d/2][n][d%2] = src[n][d]
-      for (int64_t d2 = 0; d2 < D / 2; ++d2)
-        for (int64_t n = 0; n < kChunk; ++n) {
-          pack_t* o = dst + (d2 * kChunk + n) * 2;
-          o[0] = n < nt ? src[n * ld + 2 * d2] : pack_t(0);
-          o[1] = n < nt ? src[n * ld + 2 * d2 + 1] : pack_t(0);
-        }
-    } else {  // dst[d][n] = src[n][d]
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t n = 0; n < kChunk; ++n)
-          dst[d * kChunk + n] = n < nt ? static_cast<float>(src[n * ld + d]) : 0.f;
+    if constexpr (sizeof(scalar_t) == sizeof(pack_t)) {
+      // VNNI K^T, dst[d/2][n][d%2] = src[n][d], is a transpose of 32-bit (d, d+1) pairs;
+      // fp32 K^T, dst[d][n] = src[n][d], is a transpose of 32-bit elements.
+      constexpr int64_t per_word = 4 / sizeof(scalar_t);
+      transpose_u32(reinterpret_cast<const uint32_t*>(src), ld / per_word, nt, D / per_word,
+                    reinterpret_cast<uint32_t*>(dst), kChunk);
+      for (int64_t c = 0; c < D / per_word; ++c)
+        fill_zero(reinterpret_cast<uint32_t*>(dst) + c * kChunk, nt, kChunk);
+    } else {  // 16-bit input computed in fp32 (no packed brgemm for it on this CPU)
+      for (int64_t n = 0; n < nt; ++n)
+        for (int64_t d = 0; d < D; ++d) dst[d * kChunk + n] = static_cast<float>(src[n * ld + d]);
+      for (int64_t d = 0; d < D; ++d) fill_zero(dst + d * kChunk, nt, kChunk);
     }
   }
 
   // Keys [t0, t0 + kChunk) of one (batch, kv head); rows past nt are zero.
   void pack_v_chunk(const scalar_t* src, int64_t ld, int64_t t0, int64_t nt, pack_t* head) const {
     if constexpr (kVnni) {
+      // Per head_dim chunk of width w: dst[t/2][dd][t%2] = src[t][d0 + dd]; t0 is even.
       for (int64_t d0 = 0; d0 < D; d0 += kDimChunk) {
         const int64_t w = std::min(kDimChunk, D - d0);
-        pack_t* base = head + skpad * d0;  // chunk j starts after all earlier chunks
-        for (int64_t n = 0; n < kChunk; ++n) {
-          const int64_t t = t0 + n;
-          pack_t* o = base + ((t / 2) * w) * 2 + (t % 2);
-          for (int64_t dd = 0; dd < w; ++dd) o[dd * 2] = n < nt ? src[n * ld + d0 + dd] : pack_t(0);
+        pack_t* base = head + skpad * d0 + t0 * w;
+        for (int64_t n = 0; n < kChunk; n += 2) {
+          pack_t* o = base + n * w;
+          if (n + 1 < nt) {
+            interleave_u16(reinterpret_cast<const uint16_t*>(src + n * ld + d0),
+                           reinterpret_cast<const uint16_t*>(src + (n + 1) * ld + d0), w,
+                           reinterpret_cast<uint16_t*>(o));
+          } else {  // past the end: zero rows
+            for (int64_t dd = 0; dd < w; ++dd) {
+              o[2 * dd] = n < nt ? src[n * ld + d0 + dd] : pack_t(0);
+              o[2 * dd + 1] = pack_t(0);
+            }
+          }
         }
       }
     } else {
-      for (int64_t n = 0; n < kChunk; ++n)
-        for (int64_t d = 0; d < D; ++d)
-          head[(t0 + n) * D + d] = n < nt ? static_cast<float>(src[n * ld + d]) : 0.f;
+      float* out = head + t0 * D;
+      for (int64_t n = 0; n < nt; ++n) at::vec::convert(src + n * ld, out + n * D, D);
+      std::memset(out + nt * D, 0, sizeof(float) * (kChunk - nt) * D);
     }
   }
 };
@@ -169,40 +188,6 @@ RowIntervals row_intervals(const Spans& spans, const CausalGeometry& geo, int64_
   }
 }
 
-// Scales scores in [x0, x1) and returns their max.
-inline float scale_and_max(float* s, int64_t x0, int64_t x1, float scale, float m) {
-  int64_t j = x0;
-  Vec vmax(m), vs(scale);
-  for (; j + Vec::size() <= x1; j += Vec::size()) {
-    Vec x = Vec::loadu(s + j) * vs;
-    x.store(s + j);
-    vmax = at::vec::maximum(vmax, x);
-  }
-  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-  for (; j < x1; ++j) {
-    s[j] *= scale;
-    out = std::max(out, s[j]);
-  }
-  return out;
-}
-
-// s[j] <- exp(s[j] - m) on [x0, x1); returns the sum.
-inline float exp_and_sum(float* s, int64_t x0, int64_t x1, float m) {
-  int64_t j = x0;
-  Vec vsum(0.f), vm(m);
-  for (; j + Vec::size() <= x1; j += Vec::size()) {
-    Vec e = (Vec::loadu(s + j) - vm).exp_u20();
-    e.store(s + j);
-    vsum = vsum + e;
-  }
-  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
-  for (; j < x1; ++j) {
-    s[j] = std::exp(s[j] - m);
-    out += s[j];
-  }
-  return out;
-}
-
 template <typename scalar_t, bool kVnni, typename Spans>
 void run_attention(const AttentionParams& p, const Spans& spans) {
   using pack_t = typename PackedKV<scalar_t, kVnni>::pack_t;
@@ -223,9 +208,9 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
   std::atomic<int64_t> next{0};
   const int nthreads = at::get_num_threads();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
-    std::vector<float> S(BQ * kTileKeys), acc(BQ * D);
-    std::vector<pack_t> P(kVnni ? BQ * kTileKeys : 0);
-    std::vector<float> Qf(kInplaceQ ? 0 : BQ * D);
+    AlignedBuffer<float> S(BQ * kTileKeys), acc(BQ * D);
+    AlignedBuffer<pack_t> P(kVnni ? BQ * kTileKeys : 0);
+    AlignedBuffer<float> Qf(kInplaceQ ? 0 : BQ * D);
     std::vector<SoftmaxRowState> state(BQ);
     std::vector<KeySpan> span_buf(spans.max_spans());
     for (int64_t item = next++; item < total; item = next++) {
@@ -243,12 +228,11 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
         qa = reinterpret_cast<const pack_t*>(qsrc);
         lda = p.q_stride[1];
       } else {
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t d = 0; d < D; ++d) Qf[r * D + d] = static_cast<float>(qsrc[r * p.q_stride[1] + d]);
+        for (int64_t r = 0; r < rows; ++r) at::vec::convert(qsrc + r * p.q_stride[1], Qf.data() + r * D, D);
         qa = reinterpret_cast<const pack_t*>(Qf.data());
         lda = D;
       }
-      std::fill(acc.begin(), acc.begin() + rows * D, 0.f);
+      std::fill(acc.data(), acc.data() + rows * D, 0.f);
       std::fill(state.begin(), state.begin() + rows, SoftmaxRowState::empty());
 
       const int64_t bg = b * p.heads_kv + g;
@@ -270,39 +254,33 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
           // Online softmax per row over its visible intervals.
           const int64_t kpad = kVnni ? (ncols + 1) / 2 * 2 : ncols;
           for (int64_t r = 0; r < rows; ++r) {
-            float* s = S.data() + r * kTileKeys;
+            const float* s = S.data() + r * kTileKeys;
+            // In the fp32 path P overwrites S in place (row r is read before it is written).
+            pack_t* prow = kVnni ? P.data() + r * kTileKeys : reinterpret_cast<pack_t*>(S.data() + r * kTileKeys);
             const RowIntervals iv = row_intervals(spans, geo, q0 + r, t0, t1);
-            float mx = -INFINITY;
-            if (iv.a1 > iv.a0) mx = scale_and_max(s, iv.a0, iv.a1, p.scale, mx);
-            if (iv.b1 > iv.b0) mx = scale_and_max(s, iv.b0, iv.b1, p.scale, mx);
-            float sum = 0.f;
-            if (mx != -INFINITY) {
-              const float factor = state[r].rescale_to(mx);
-              if (factor != 1.f) {
-                float* a = acc.data() + r * D;
-                at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
-              }
-              const float m_new = state[r].max;
-              if (iv.a1 > iv.a0) sum += exp_and_sum(s, iv.a0, iv.a1, m_new);
-              if (iv.b1 > iv.b0) sum += exp_and_sum(s, iv.b0, iv.b1, m_new);
-              state[r].add_sum(sum);
+            float raw = -INFINITY;
+            if (iv.a1 > iv.a0) raw = row_max(s, iv.a0, iv.a1, raw);
+            if (iv.b1 > iv.b0) raw = row_max(s, iv.b0, iv.b1, raw);
+            if (raw == -INFINITY) {  // nothing visible in this tile for this row
+              fill_zero(prow, 0, kpad);
+              continue;
             }
-            // Zero everything outside the visible intervals (P must be exact zeros there).
-            auto zero = [&](int64_t x0, int64_t x1) {
-              if (x1 > x0) std::memset(s + x0, 0, sizeof(float) * (x1 - x0));
-            };
-            if (mx == -INFINITY) {
-              zero(0, kpad);
+            const float factor = state[r].rescale_to(raw * p.scale);
+            if (factor != 1.f) {
+              float* a = acc.data() + r * D;
+              at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
+            }
+            const float m = state[r].max;
+            fill_zero(prow, 0, iv.a0);
+            float sum = exp_store(s, iv.a0, iv.a1, p.scale, m, prow);
+            if (iv.b1 > iv.b0) {
+              fill_zero(prow, iv.a1, iv.b0);
+              sum += exp_store(s, iv.b0, iv.b1, p.scale, m, prow);
+              fill_zero(prow, iv.b1, kpad);
             } else {
-              zero(0, iv.a0);
-              if (iv.b1 > iv.b0) {
-                zero(iv.a1, iv.b0);
-                zero(iv.b1, kpad);
-              } else {
-                zero(iv.a1, kpad);
-              }
+              fill_zero(prow, iv.a1, kpad);
             }
-            if constexpr (kVnni) at::vec::convert(s, P.data() + r * kTileKeys, kpad);
+            state[r].add_sum(sum);
           }
           // O += P V.
           if constexpr (kVnni) {
@@ -325,8 +303,9 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
       for (int64_t r = 0; r < rows; ++r) {
         const float inv = state[r].inv_sum();
         scalar_t* o = O + b * p.o_stride[0] + h * p.o_stride[2] + (q0 + r) * p.o_stride[1];
-        const float* a = acc.data() + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(a[d] * inv);
+        float* a = acc.data() + r * D;
+        at::vec::map([inv](Vec x) { return x * Vec(inv); }, a, a, D);
+        at::vec::convert(a, o, D);
         p.lse[(b * p.heads_q + h) * p.seqlen_q + q0 + r] = state[r].lse();
       }
     }

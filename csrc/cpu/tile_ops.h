@@ -1,0 +1,163 @@
+// Vectorized building blocks of the CPU tile loop: aligned workspace, the transposes and
+// interleaves that pack K and V for brgemm, and the two passes of the row softmax.
+// Included only by attention_kernel.cpp, which is compiled once per instruction set.
+#pragma once
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
+namespace sparse_attn::cpu::SA_CPU_NS {
+
+using Vec = at::vec::Vectorized<float>;
+
+// 64-byte aligned, uninitialized storage. AMX tile loads of rows that straddle cache
+// lines run at about half speed, so every tile operand the kernel owns is aligned.
+template <typename T>
+struct AlignedBuffer {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> p;
+  int64_t capacity = 0;
+
+  explicit AlignedBuffer(int64_t n = 0) { reserve(n); }
+  void reserve(int64_t n) {
+    if (n <= capacity) return;
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    p.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    TORCH_CHECK(p, "sparse_attn: out of memory allocating ", bytes, " bytes of workspace");
+    capacity = n;
+  }
+  T* data() const { return p.get(); }
+};
+
+// Grow-only scratch memory of the calling thread, kept between calls: packed K/V of a
+// long prompt are tens of MB, and fresh pages would cost more than the packing itself.
+template <typename T>
+T* scratch(int slot, int64_t n) {
+  thread_local AlignedBuffer<char> bufs[2];
+  bufs[slot].reserve(n * static_cast<int64_t>(sizeof(T)));
+  return reinterpret_cast<T*>(bufs[slot].data());
+}
+
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols (32-bit elements).
+// Packing K^T for bf16 is this transpose on (d, d+1) pairs seen as 32-bit words.
+inline void transpose_u32(const uint32_t* src, int64_t ld_src, int64_t rows, int64_t cols, uint32_t* dst,
+                          int64_t ld_dst) {
+  int64_t r0 = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; r0 + 16 <= rows; r0 += 16) {
+    int64_t c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
+      // 16x16 transpose in four shuffle stages (32-, 64-bit unpacks, then 128-bit lanes).
+      __m512i a[16], b[16];
+      for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_si512(src + (r0 + i) * ld_src + c0);
+      for (int i = 0; i < 16; i += 2) {
+        b[i] = _mm512_unpacklo_epi32(a[i], a[i + 1]);
+        b[i + 1] = _mm512_unpackhi_epi32(a[i], a[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        a[i] = _mm512_unpacklo_epi64(b[i], b[i + 2]);
+        a[i + 1] = _mm512_unpackhi_epi64(b[i], b[i + 2]);
+        a[i + 2] = _mm512_unpacklo_epi64(b[i + 1], b[i + 3]);
+        a[i + 3] = _mm512_unpackhi_epi64(b[i + 1], b[i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {  // rows i, i+4 / i+8, i+12: gather 128-bit lanes
+        b[i] = _mm512_shuffle_i32x4(a[i], a[i + 4], 0x88);
+        b[i + 4] = _mm512_shuffle_i32x4(a[i], a[i + 4], 0xdd);
+        b[i + 8] = _mm512_shuffle_i32x4(a[i + 8], a[i + 12], 0x88);
+        b[i + 12] = _mm512_shuffle_i32x4(a[i + 8], a[i + 12], 0xdd);
+      }
+      for (int i = 0; i < 4; ++i) {
+        a[i] = _mm512_shuffle_i32x4(b[i], b[i + 8], 0x88);
+        a[i + 8] = _mm512_shuffle_i32x4(b[i], b[i + 8], 0xdd);
+        a[i + 4] = _mm512_shuffle_i32x4(b[i + 4], b[i + 12], 0x88);
+        a[i + 12] = _mm512_shuffle_i32x4(b[i + 4], b[i + 12], 0xdd);
+      }
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + (c0 + i) * ld_dst + r0, a[i]);
+    }
+    for (; c0 < cols; ++c0)
+      for (int64_t r = r0; r < r0 + 16; ++r) dst[c0 * ld_dst + r] = src[r * ld_src + c0];
+  }
+#endif
+  for (; r0 < rows; ++r0)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r0] = src[r0 * ld_src + c];
+}
+
+// out[2i] = a[i], out[2i+1] = b[i] for i < n (16-bit elements): one VNNI row pair of V.
+inline void interleave_u16(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                  37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                  11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(lo_idx);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (; i + 32 <= n; i += 32) {
+    __m512i x = _mm512_loadu_si512(a + i), y = _mm512_loadu_si512(b + i);
+    _mm512_storeu_si512(out + 2 * i, _mm512_permutex2var_epi16(x, lo, y));
+    _mm512_storeu_si512(out + 2 * i + 32, _mm512_permutex2var_epi16(x, hi, y));
+  }
+#endif
+  for (; i < n; ++i) {
+    out[2 * i] = a[i];
+    out[2 * i + 1] = b[i];
+  }
+}
+
+// Max of s[x0, x1) (raw scores, before scaling).
+inline float row_max(const float* s, int64_t x0, int64_t x1, float m) {
+  int64_t j = x0;
+  Vec vmax(m);
+  for (; j + Vec::size() <= x1; j += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+  for (; j < x1; ++j) out = std::max(out, s[j]);
+  return out;
+}
+
+// p[j] = exp(s[j] * scale - m) on [x0, x1), stored as out_t; returns the sum of the
+// float values (flash-attention's convention: the sum is not re-rounded).
+template <typename out_t>
+inline float exp_store(const float* s, int64_t x0, int64_t x1, float scale, float m, out_t* p) {
+  int64_t j = x0;
+  const Vec vs(scale), vm(-m);
+  Vec vsum(0.f);
+  if constexpr (std::is_same_v<out_t, float>) {
+    for (; j + Vec::size() <= x1; j += Vec::size()) {
+      Vec e = at::vec::fmadd(Vec::loadu(s + j), vs, vm).exp_u20();
+      e.store(p + j);
+      vsum = vsum + e;
+    }
+  } else {
+    for (; j + 2 * Vec::size() <= x1; j += 2 * Vec::size()) {
+      Vec e0 = at::vec::fmadd(Vec::loadu(s + j), vs, vm).exp_u20();
+      Vec e1 = at::vec::fmadd(Vec::loadu(s + j + Vec::size()), vs, vm).exp_u20();
+      at::vec::convert_from_float<out_t>(e0, e1).store(p + j);
+      vsum = vsum + e0 + e1;
+    }
+  }
+  float out = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; j < x1; ++j) {
+    const float e = std::exp(s[j] * scale - m);
+    p[j] = static_cast<out_t>(e);
+    out += e;
+  }
+  return out;
+}
+
+template <typename T>
+inline void fill_zero(T* p, int64_t x0, int64_t x1) {
+  for (int64_t j = x0; j < x1; ++j) p[j] = T(0);
+}
+
+}  // namespace sparse_attn::cpu::SA_CPU_NS
