@@ -184,6 +184,15 @@ PYBIND11_MODULE(_C, mod) {
   mod.attr("cutlass_version") = SA_CUTLASS_VERSION;
   mod.def("cuda_device_count", &sparse_attn::cuda::device_count, "CUDA devices visible (0 without a driver)");
   mod.def("cuda_compiled_archs", &sparse_attn::cuda::compiled_archs, "archs the CUDA code was compiled for");
+  mod.def(
+      "cuda_smoke_selftest",
+      [](int rows, int cols) {
+        long long bad = -1;
+        cudaError_t err = sparse_attn::cuda::tile_copy_selftest(rows, cols, &bad);
+        TORCH_CHECK(err == cudaSuccess, "tile_copy_smoke_kernel: ", cudaGetErrorString(err));
+        return bad;
+      },
+      "run the CuTe smoke kernel on the current device; returns the number of wrong elements");
 #else
   mod.attr("cuda_compiled") = false;
   mod.attr("cuda_archs") = "";

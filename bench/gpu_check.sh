@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# One command for the first machine with a GPU: everything the CPU-only development machines
+# cannot check (DESIGN.md, "CUDA without a GPU").
+#
+#   bash bench/gpu_check.sh [RESULTS_DIR]      # default bench/results/gpu_check_<date>
+#
+# Steps (each one's status is reported; the script keeps going after a failure and exits
+# non-zero if any step FAILED):
+#   env          nvidia-smi, nvcc, python/torch versions
+#   build        SPARSE_ATTN_CUDA=1 pip install --no-build-isolation -v .   -> build.log
+#   build_inplace  python setup.py build_ext --inplace (incremental, same build dir): the tests
+#                and `python -m bench` run from the repo root, where the in-tree package
+#                shadows the installed one, so it must hold the extension just built
+#   import       which sparse_attn / _C is imported, and that CUDA is visible
+#   ptxas        tools/ptxas_report.py on build.log: no spills, no local memory (if the build
+#                was incremental and compiled no CUDA, csrc/cuda/*.cu is recompiled for it)
+#   host_checks  csrc/cuda/host_checks/run.sh (CuTe layout checks on the CPU)
+#   pytest_cuda  python -m pytest -q -m cuda tests/
+#   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke
+#   racecheck    compute-sanitizer --tool racecheck on the same
+#   bench        python -m bench --gpu --quick (when bench has a --gpu mode)
+# Env: SPARSE_ATTN_CUDA_ARCHS (passed through to the build), PIP_EXTRA_ARGS (e.g. --no-deps
+# on an offline machine), PYTHON (default python).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-$ROOT/bench/results/gpu_check_$(date +%Y%m%d_%H%M%S)}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+PY="${PYTHON:-python}"
+cd "$ROOT" || exit 2
+
+declare -a STEPS=() RESULTS=()
+FAILED=0
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+
+# record NAME STATUS [NOTE]   STATUS: PASS | FAIL | SKIP | WARN
+record() {
+  STEPS+=("$1"); RESULTS+=("$2${3:+ ($3)}")
+  if [[ "$2" == FAIL ]]; then FAILED=1; fi
+  printf '%-14s %s\n' "$1" "$2${3:+ ($3)}" | tee -a "$SUMMARY"
+  return 0
+}
+
+# run_step NAME LOGFILE CMD...  runs CMD with stdout+stderr tee'd to $OUT/LOGFILE.
+# Returns CMD's exit status; the caller records it.
+run_step() {
+  local name="$1" log="$OUT/$2"; shift 2
+  echo; echo "===== [$name] $*" | tee "$log"
+  "$@" 2>&1 | tee -a "$log"
+  return "${PIPESTATUS[0]}"
+}
+
+pytest_status() {  # pytest exit code -> status (5: nothing collected)
+  case "$1" in 0) echo PASS ;; 5) echo WARN ;; *) echo FAIL ;; esac
+}
+
+echo "gpu_check: results in $OUT"
+git -C "$ROOT" log -1 --oneline >"$OUT/git_head.txt" 2>&1
+git -C "$ROOT" status --short >>"$OUT/git_head.txt" 2>&1
+
+# ---------------------------------------------------------------- env
+{
+  if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi: not found"; fi
+  command -v nvcc >/dev/null && nvcc --version
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "devices", torch.cuda.device_count()); [print(" ", torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]'
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  record env PASS "$(nvidia-smi -L | head -1)"
+else
+  record env FAIL "nvidia-smi missing or no GPU"
+fi
+
+# ---------------------------------------------------------------- build
+# shellcheck disable=SC2086
+if run_step build build.log env SPARSE_ATTN_CUDA=1 "$PY" -m pip install --no-build-isolation -v ${PIP_EXTRA_ARGS:-} .; then
+  record build PASS
+else
+  record build FAIL "see build.log"
+fi
+if run_step build_inplace build_inplace.log env SPARSE_ATTN_CUDA=1 "$PY" setup.py build_ext --inplace; then
+  record build_inplace PASS
+else
+  record build_inplace FAIL "see build_inplace.log"
+fi
+
+# ---------------------------------------------------------------- import
+run_step import import.log "$PY" -c '
+import sparse_attn, sparse_attn._C as C, torch
+print("sparse_attn:", sparse_attn.__file__)
+print("_C:", C.__file__)
+print("_C attributes:", ", ".join(a for a in dir(C) if not a.startswith("__")))
+assert torch.cuda.is_available(), "torch sees no CUDA device"
+'
+if [[ $? == 0 ]]; then record import PASS; else record import FAIL "see import.log"; fi
+
+# ---------------------------------------------------------------- ptxas
+cat "$OUT/build.log" "$OUT/build_inplace.log" >"$OUT/ptxas_source.log" 2>/dev/null
+"$PY" tools/ptxas_report.py "$OUT/ptxas_source.log" >/dev/null 2>&1
+if [[ $? == 2 ]]; then
+  # Incremental build: nothing was compiled, so the log has no ptxas statistics. Compile the
+  # CUDA sources directly with the flags CMakeLists.txt gives them.
+  echo "(no ptxas statistics in the build log: compiling csrc/cuda/*.cu for the report)"
+  # CUTLASS as setup.py finds it: $CUTLASS_DIR, third_party/cutlass, the nvidia-cutlass wheel
+  cutlass_inc="$("$PY" - <<'EOF' 2>/dev/null
+import os, sys
+for c in [os.path.join(os.environ.get("CUTLASS_DIR", "/nonexistent"), "include"), "third_party/cutlass/include"]:
+    if os.path.exists(os.path.join(c, "cute/tensor.hpp")):
+        print(c); sys.exit()
+import cutlass_library
+print(os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include"))
+EOF
+)"
+  gencode=()
+  IFS=';' read -ra archs <<<"${SPARSE_ATTN_CUDA_ARCHS:-80;90a}"
+  for a in "${archs[@]}"; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
+  mkdir -p "$OUT/ptxas_objs"
+  : >"$OUT/ptxas_source.log"
+  for f in csrc/cuda/*.cu; do
+    nvcc -c -std=c++17 -O3 --expt-relaxed-constexpr -Xptxas=-v,-warn-spills,-warn-lmem-usage \
+      -lineinfo "${gencode[@]}" -Icsrc/include -I"$cutlass_inc" "$f" \
+      -o "$OUT/ptxas_objs/$(basename "$f").o" >>"$OUT/ptxas_source.log" 2>&1
+  done
+fi
+run_step ptxas ptxas_report.txt "$PY" tools/ptxas_report.py --json "$OUT/ptxas.json" "$OUT/ptxas_source.log"
+case $? in
+  0) record ptxas PASS ;;
+  1) record ptxas FAIL "spills / local memory, see ptxas_report.txt" ;;
+  *) record ptxas FAIL "no ptxas statistics" ;;
+esac
+
+# ---------------------------------------------------------------- host checks (CPU)
+if [[ -x csrc/cuda/host_checks/run.sh ]]; then
+  if run_step host_checks host_checks.log csrc/cuda/host_checks/run.sh; then
+    record host_checks PASS
+  else
+    record host_checks FAIL "see host_checks.log"
+  fi
+else
+  record host_checks SKIP "no csrc/cuda/host_checks/run.sh"
+fi
+
+# ---------------------------------------------------------------- GPU tests
+run_step pytest_cuda pytest_cuda.log "$PY" -m pytest -q -m cuda tests/ \
+  --junitxml="$OUT/pytest_cuda.xml"
+rc=$?; record pytest_cuda "$(pytest_status $rc)" "exit $rc"
+
+# ---------------------------------------------------------------- compute-sanitizer
+SANITIZER="$(command -v compute-sanitizer || true)"
+for d in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
+  [[ -z "$SANITIZER" && -n "$d" && -x "$d/bin/compute-sanitizer" ]] && SANITIZER="$d/bin/compute-sanitizer"
+done
+if [[ -z "$SANITIZER" ]]; then
+  record memcheck SKIP "compute-sanitizer not found"
+  record racecheck SKIP "compute-sanitizer not found"
+else
+  for tool in memcheck racecheck; do
+    # No caching allocator: memcheck then sees each tensor's own bounds.
+    run_step "$tool" "sanitizer_$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      "$SANITIZER" --tool "$tool" --error-exitcode 99 \
+      "$PY" -m pytest -q -m cuda -x tests/ -k smoke
+    rc=$?
+    case $rc in
+      0) record "$tool" PASS ;;
+      5) record "$tool" WARN "no smoke tests collected" ;;
+      99) record "$tool" FAIL "sanitizer errors, see sanitizer_$tool.log" ;;
+      *) record "$tool" FAIL "exit $rc, see sanitizer_$tool.log" ;;
+    esac
+  done
+fi
+
+# ---------------------------------------------------------------- benchmarks
+if [[ -f bench/__main__.py ]] && "$PY" -m bench --help 2>/dev/null | grep -q -- "--gpu"; then
+  run_step bench bench.log "$PY" -m bench --gpu --quick
+  rc=$?
+  if [[ $rc == 0 ]]; then record bench PASS; else record bench FAIL "exit $rc, see bench.log"; fi
+else
+  record bench SKIP "python -m bench has no --gpu mode"
+fi
+
+# ---------------------------------------------------------------- summary
+echo
+echo "===== gpu_check summary ($OUT)"
+for i in "${!STEPS[@]}"; do printf '  %-14s %s\n' "${STEPS[$i]}" "${RESULTS[$i]}"; done
+if [[ $FAILED != 0 ]]; then echo "gpu_check: FAILED"; exit 1; fi
+echo "gpu_check: OK"

@@ -1,0 +1,80 @@
+"""Shared test helpers: devices, random inputs, and flash-attention's 2x error rule."""
+import pytest
+import torch
+
+from sparse_attn import reference as ref
+
+CUDA_OK = torch.cuda.is_available()
+
+# Every parametrized case runs on each available device; CUDA cases carry the `cuda`
+# marker and skip cleanly on machines without a GPU.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason="no CUDA device")]),
+]
+
+# Absolute slack added to the 2x rule: covers fp32 rounding differences between two
+# correct fp32 implementations (both ~1e-7 from float64) without hiding real errors.
+ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
+
+
+def skip_if_no_engine(device):
+    if device == "cuda":
+        pytest.skip("the CUDA attention kernels are not built yet (compiled smoke kernel only)")
+
+
+def randn(shape, dtype, device="cpu", gen=None):
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def qkv(B, Sq, Sk, Hq, Hkv, D, dtype, device="cpu", seed=0, layout="bshd"):
+    """Random q [B,Sq,Hq,D], k/v [B,Sk,Hkv,D]; layout "bhsd" returns transposed views of
+    [B,H,S,D] tensors (the Hugging Face layout, strided, last dim contiguous)."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "bhsd":
+        q = randn((B, Hq, Sq, D), dtype, device, g).transpose(1, 2)
+        k = randn((B, Hkv, Sk, D), dtype, device, g).transpose(1, 2)
+        v = randn((B, Hkv, Sk, D), dtype, device, g).transpose(1, 2)
+        return q, k, v
+    return (randn((B, Sq, Hq, D), dtype, device, g), randn((B, Sk, Hkv, D), dtype, device, g),
+            randn((B, Sk, Hkv, D), dtype, device, g))
+
+
+def same_precision_attention(q, k, v, mask, scale=None):
+    """Plain PyTorch attention computed in the inputs' own dtype (the error yardstick)."""
+    B, Sq, Hq, D = q.shape
+    g = Hq // k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    qh = q.transpose(1, 2)
+    kh = k.transpose(1, 2).repeat_interleave(g, dim=1)
+    vh = v.transpose(1, 2).repeat_interleave(g, dim=1)
+    s = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0)  # rows with nothing visible
+    return torch.matmul(p, vh).transpose(1, 2)
+
+
+def assert_close_2x(out, out_ref, out_pt, dtype, what=""):
+    """flash-attention's rule: |out - ref| <= 2 |out_pt - ref| + atol (max over elements)."""
+    assert torch.isfinite(out).all(), f"{what}: non-finite output"
+    err = (out.double() - out_ref).abs().max().item()
+    err_pt = (out_pt.double() - out_ref).abs().max().item()
+    assert err <= 2 * err_pt + ATOL[dtype], f"{what}: error {err:.3g} > 2 x {err_pt:.3g} + {ATOL[dtype]:g}"
+
+
+def assert_lse_close(lse, lse_ref, what=""):
+    lse_ref = lse_ref.to(lse.device)
+    assert lse.dtype == torch.float32
+    inf = torch.isinf(lse_ref)
+    assert torch.equal(torch.isinf(lse), inf), f"{what}: -inf rows differ"
+    assert (lse[inf] < 0).all() if inf.any() else True
+    err = (lse.double() - lse_ref)[~inf].abs().max().item() if (~inf).any() else 0.0
+    assert err < 1e-4, f"{what}: lse error {err:.3g}"
+
+
+def poisoned_like(q):
+    return torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
+
+
+__all__ = ["ref"]
