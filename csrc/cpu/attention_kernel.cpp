@@ -34,7 +34,8 @@ namespace sparse_attn::cpu::SA_CPU_NS {
 namespace {
 
 constexpr int64_t kChunk = 64;      // keys per packed K chunk (brgemm N for S = Q K^T)
-constexpr int64_t kTileKeys = 256;  // keys per softmax tile (multiple of kChunk)
+constexpr int64_t kTileChunks = 4;  // chunks per softmax tile
+constexpr int64_t kTileKeys = kTileChunks * kChunk;
 constexpr int64_t kDimChunk = 64;   // head_dim columns per packed V chunk (brgemm N for P V)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -213,6 +214,7 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
     AlignedBuffer<float> Qf(kInplaceQ ? 0 : BQ * D);
     std::vector<SoftmaxRowState> state(BQ);
     std::vector<KeySpan> span_buf(spans.max_spans());
+    std::vector<int64_t> chunk_buf(kv.nchunks + 1);
     for (int64_t item = next++; item < total; item = next++) {
       const int64_t m = mtiles - 1 - item / (p.batch * p.heads_q);
       const int64_t bh = item % (p.batch * p.heads_q);
@@ -237,66 +239,89 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
 
       const int64_t bg = b * p.heads_kv + g;
       const pack_t* kbase = kv.k.data() + bg * kv.nchunks * kChunk * D;
+      const pack_t* vhead = nullptr;  // packed V (kVnni)
+      const float* vplain = nullptr;   // row-major float V: the caller's or a converted copy
+      if constexpr (kVnni) {
+        vhead = kv.v.data() + bg * kv.skpad * D;
+      } else {
+        vplain = kv.v_inplace ? kv.v_inplace + b * kv.v_head_stride[0] + g * kv.v_head_stride[1]
+                              : kv.v.data() + bg * kv.skpad * D;
+      }
       // Keys past the tile's last visible key are never needed (rounded up to a chunk).
       const int64_t key_limit = std::min(p.seqlen_k, ceil_div(geo.key_end(q0 + rows - 1), kChunk) * kChunk);
       const int64_t nspans = spans.spans(b, h, m, key_limit, span_buf.data());
+      // The item's 64-key chunks, in ascending order. A softmax tile takes up to
+      // kTileChunks of them whether or not they are adjacent, so scattered 64-key blocks
+      // still share the per-tile bookkeeping; adjacent chunks share one P V product.
+      int64_t nchunks = 0;
+      for (int64_t si = 0; si < nspans; ++si)
+        for (int64_t c0 = span_buf[si].start; c0 < span_buf[si].end; c0 += kChunk)
+          if (!geo.tile_empty(q0 + rows, c0)) chunk_buf[nchunks++] = c0;
 
-      for (int64_t si = 0; si < nspans; ++si) {
-        for (int64_t t0 = span_buf[si].start; t0 < span_buf[si].end; t0 += kTileKeys) {
-          const int64_t t1 = std::min(t0 + kTileKeys, span_buf[si].end);
-          if (geo.tile_empty(q0 + rows, t0)) continue;
-          const int64_t ncols = t1 - t0, nch = ceil_div(ncols, kChunk);
-          // S = Q K^T, one brgemm per 64-key chunk (N = 64, K = D).
-          for (int64_t c = 0; c < nch; ++c)
-            at::native::cpublas::brgemm(rows, kChunk, D, lda, kChunk, kTileKeys, false, qa,
-                                        kbase + (t0 / kChunk + c) * kChunk * D, S.data() + c * kChunk,
-                                        kVnni);
-          // Online softmax per row over its visible intervals.
-          const int64_t kpad = kVnni ? (ncols + 1) / 2 * 2 : ncols;
-          for (int64_t r = 0; r < rows; ++r) {
-            const float* s = S.data() + r * kTileKeys;
-            // In the fp32 path P overwrites S in place (row r is read before it is written).
-            pack_t* prow = kVnni ? P.data() + r * kTileKeys : reinterpret_cast<pack_t*>(S.data() + r * kTileKeys);
-            const RowIntervals iv = row_intervals(spans, geo, q0 + r, t0, t1);
-            float raw = -INFINITY;
-            if (iv.a1 > iv.a0) raw = row_max(s, iv.a0, iv.a1, raw);
-            if (iv.b1 > iv.b0) raw = row_max(s, iv.b0, iv.b1, raw);
-            if (raw == -INFINITY) {  // nothing visible in this tile for this row
-              fill_zero(prow, 0, kpad);
-              continue;
-            }
-            const float factor = state[r].rescale_to(raw * p.scale);
-            if (factor != 1.f) {
-              float* a = acc.data() + r * D;
-              at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
-            }
-            const float m = state[r].max;
-            fill_zero(prow, 0, iv.a0);
-            float sum = exp_store(s, iv.a0, iv.a1, p.scale, m, prow);
-            if (iv.b1 > iv.b0) {
-              fill_zero(prow, iv.a1, iv.b0);
-              sum += exp_store(s, iv.b0, iv.b1, p.scale, m, prow);
-              fill_zero(prow, iv.b1, kpad);
-            } else {
-              fill_zero(prow, iv.a1, kpad);
-            }
-            state[r].add_sum(sum);
+      for (int64_t tc = 0; tc < nchunks; tc += kTileChunks) {
+        const int64_t* chunk = chunk_buf.data() + tc;
+        const int64_t nc = std::min(kTileChunks, nchunks - tc);
+        // S = Q K^T, one brgemm per 64-key chunk (N = 64, K = D).
+        for (int64_t c = 0; c < nc; ++c)
+          at::native::cpublas::brgemm(rows, kChunk, D, lda, kChunk, kTileKeys, false, qa,
+                                      kbase + chunk[c] * D, S.data() + c * kChunk, kVnni);
+        // Online softmax per row over the visible keys of each chunk.
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* s = S.data() + r * kTileKeys;
+          // In the fp32 path P overwrites S in place (row r is read before it is written).
+          pack_t* prow = kVnni ? P.data() + r * kTileKeys : reinterpret_cast<pack_t*>(S.data() + r * kTileKeys);
+          RowIntervals iv[kTileChunks];
+          float raw = -INFINITY;
+          for (int64_t c = 0; c < nc; ++c) {
+            iv[c] = row_intervals(spans, geo, q0 + r, chunk[c], std::min(chunk[c] + kChunk, p.seqlen_k));
+            const int64_t o = c * kChunk;
+            if (iv[c].a1 > iv[c].a0) raw = row_max(s, o + iv[c].a0, o + iv[c].a1, raw);
+            if (iv[c].b1 > iv[c].b0) raw = row_max(s, o + iv[c].b0, o + iv[c].b1, raw);
           }
-          // O += P V.
-          if constexpr (kVnni) {
-            const pack_t* vhead = kv.v.data() + bg * kv.skpad * D;
+          if (raw == -INFINITY) {  // nothing visible in this tile for this row
+            fill_zero(prow, 0, nc * kChunk);
+            continue;
+          }
+          const float factor = state[r].rescale_to(raw * p.scale);
+          if (factor != 1.f) {
+            float* a = acc.data() + r * D;
+            at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
+          }
+          const float mx = state[r].max;
+          float sum = 0.f;
+          for (int64_t c = 0; c < nc; ++c) {
+            const int64_t o = c * kChunk;
+            const RowIntervals& v = iv[c];
+            fill_zero(prow, o, o + v.a0);
+            sum += exp_store(s, o + v.a0, o + v.a1, p.scale, mx, prow);
+            if (v.b1 > v.b0) {
+              fill_zero(prow, o + v.a1, o + v.b0);
+              sum += exp_store(s, o + v.b0, o + v.b1, p.scale, mx, prow);
+              fill_zero(prow, o + v.b1, o + kChunk);
+            } else {
+              fill_zero(prow, o + v.a1, o + kChunk);
+            }
+          }
+          state[r].add_sum(sum);
+        }
+        // O += P V, one product per run of adjacent chunks.
+        for (int64_t c = 0; c < nc;) {
+          int64_t e = c + 1;
+          while (e < nc && chunk[e] == chunk[e - 1] + kChunk) ++e;
+          const int64_t t0 = chunk[c];
+          if constexpr (kVnni) {  // packed V is zero past seqlen_k: whole chunks are safe
             for (int64_t d0 = 0; d0 < D; d0 += kDimChunk) {
               const int64_t w = std::min(kDimChunk, D - d0);
-              at::native::cpublas::brgemm(rows, w, kpad, kTileKeys, w, D, true, P.data(),
-                                          vhead + kv.skpad * d0 + t0 * w, acc.data() + d0, true);
+              at::native::cpublas::brgemm(rows, w, (e - c) * kChunk, kTileKeys, w, D, true,
+                                          P.data() + c * kChunk, vhead + kv.skpad * d0 + t0 * w,
+                                          acc.data() + d0, true);
             }
-          } else {
-            const float* vsrc = kv.v_inplace
-                                    ? kv.v_inplace + b * kv.v_head_stride[0] + g * kv.v_head_stride[1]
-                                    : kv.v.data() + bg * kv.skpad * D;
-            at::native::cpublas::brgemm(rows, D, ncols, kTileKeys, kv.v_ld, D, true, S.data(),
-                                        vsrc + t0 * kv.v_ld, acc.data(), false);
+          } else {  // plain V may be the caller's tensor: never read past seqlen_k
+            const int64_t keys = std::min(chunk[e - 1] + kChunk, p.seqlen_k) - t0;
+            at::native::cpublas::brgemm(rows, D, keys, kTileKeys, kv.v_ld, D, true,
+                                        S.data() + c * kChunk, vplain + t0 * kv.v_ld, acc.data(), false);
           }
+          c = e;
         }
       }
       // Normalize and store.

@@ -17,7 +17,8 @@ struct SoftmaxRowState {
   // accumulated output must be multiplied; the caller then adds the tile's exp-sum
   // (computed against the returned new max via new_max()) with add_sum().
   SA_HOST_DEVICE float rescale_to(float tile_max) {
-    float new_max = tile_max > max ? tile_max : max;
+    if (tile_max <= max) return 1.f;  // the common case once a row has seen its peak
+    float new_max = tile_max;
     // exp(-inf - finite) = 0 is what we want; guard -inf - -inf (NaN) explicitly.
     float factor = (max == -INFINITY) ? 0.f : expf(max - new_max);
     sum *= factor;
