@@ -168,6 +168,17 @@ struct PackedKV {
   }
 };
 
+// True if every key of [k0, k1) is visible to every query row of [q0, q1).
+template <typename Spans>
+bool chunk_fully_visible(const Spans& spans, const CausalGeometry& geo, int64_t q0, int64_t q1, int64_t k0,
+                         int64_t k1) {
+  if (!geo.tile_fully_visible(q0, k1)) return false;
+  if constexpr (Spans::kStreaming) {
+    return k1 <= spans.s.sink_tokens || geo.key_pos(q1 - 1) - k0 < spans.s.window_tokens;
+  }
+  return true;
+}
+
 // Visible keys of one query row inside a tile: at most two intervals (sink + window).
 struct RowIntervals {
   int64_t a0, a1, b0, b1;  // [a0, a1) U [b0, b1), relative to the tile start; empty if x0 >= x1
@@ -189,6 +200,81 @@ RowIntervals row_intervals(const Spans& spans, const CausalGeometry& geo, int64_
   }
 }
 
+// Online softmax of one tile: S holds rows x (nc * 64) raw scores for the chunks starting
+// at chunk[0..nc); writes P (= S itself in the fp32 path; row r is read before written),
+// rescales acc where a row's running max grows, and updates the row states.
+template <typename Spans, typename pack_t>
+void softmax_tile(const Spans& spans, const CausalGeometry& geo, float scale, int64_t q0, int64_t rows,
+                  int64_t seqlen_k, const int64_t* chunk, int64_t nc, const float* S, pack_t* P, float* acc,
+                  int64_t D, SoftmaxRowState* state) {
+  auto rescale = [&](int64_t r, float tile_max) {
+    const float factor = state[r].rescale_to(tile_max);
+    if (factor != 1.f) {
+      float* a = acc + r * D;
+      at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
+    }
+  };
+  // Fast path: every key of every chunk is visible to every row (no causal edge, no
+  // window edge, no sequence end), so each row is one contiguous run of scores.
+  bool all_visible = true;
+  for (int64_t c = 0; c < nc; ++c)
+    all_visible = all_visible && chunk_fully_visible(spans, geo, q0, q0 + rows, chunk[c], chunk[c] + kChunk);
+  if (all_visible) {
+    const int64_t width = nc * kChunk;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* s = S + r * kTileKeys;
+      pack_t* prow = P + r * kTileKeys;
+      rescale(r, row_max(s, 0, width, -INFINITY) * scale);
+      state[r].add_sum(exp_store(s, 0, width, scale, state[r].max, prow));
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = S + r * kTileKeys;
+    pack_t* prow = P + r * kTileKeys;
+    RowIntervals iv[kTileChunks];
+    float raw = -INFINITY;
+    for (int64_t c = 0; c < nc; ++c) {
+      iv[c] = row_intervals(spans, geo, q0 + r, chunk[c], std::min(chunk[c] + kChunk, seqlen_k));
+      const int64_t o = c * kChunk;
+      if (iv[c].a1 > iv[c].a0) raw = row_max(s, o + iv[c].a0, o + iv[c].a1, raw);
+      if (iv[c].b1 > iv[c].b0) raw = row_max(s, o + iv[c].b0, o + iv[c].b1, raw);
+    }
+    if (raw == -INFINITY) {  // nothing visible in this tile for this row
+      fill_zero(prow, 0, nc * kChunk);
+      continue;
+    }
+    rescale(r, raw * scale);
+    const float mx = state[r].max;
+    float sum = 0.f;
+    for (int64_t c = 0; c < nc; ++c) {  // exp on the visible intervals, exact zeros elsewhere
+      const int64_t o = c * kChunk;
+      const RowIntervals& v = iv[c];
+      fill_zero(prow, o, o + v.a0);
+      sum += exp_store(s, o + v.a0, o + v.a1, scale, mx, prow);
+      if (v.b1 > v.b0) {
+        fill_zero(prow, o + v.a1, o + v.b0);
+        sum += exp_store(s, o + v.b0, o + v.b1, scale, mx, prow);
+        fill_zero(prow, o + v.b1, o + kChunk);
+      } else {
+        fill_zero(prow, o + v.a1, o + kChunk);
+      }
+    }
+    state[r].add_sum(sum);
+  }
+}
+
+// Per-thread state of the query heads one work item handles together.
+template <typename pack_t>
+struct HeadTile {
+  AlignedBuffer<float> acc, qf;
+  std::vector<SoftmaxRowState> state;
+  std::vector<int64_t> chunks;  // this head's 64-key chunk starts, ascending
+  int64_t nchunks = 0, cursor = 0, h = 0;
+  const pack_t* qa = nullptr;
+  int64_t lda = 0;
+};
+
 template <typename scalar_t, bool kVnni, typename Spans>
 void run_attention(const AttentionParams& p, const Spans& spans) {
   using pack_t = typename PackedKV<scalar_t, kVnni>::pack_t;
@@ -197,8 +283,16 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
 
   const int64_t D = p.head_dim, BQ = spans.tile_q;
   const int64_t group = p.heads_q / p.heads_kv;
+  // The query heads of a GQA group share K/V: an item takes up to kMaxHeads of them and
+  // walks the union of their chunks, so each K/V chunk is read from memory once and then
+  // reused from cache by every head that needs it (with 64-row tiles, streaming K/V once
+  // per head would make the tile products bandwidth-bound).
+  constexpr int64_t kMaxHeads = 8;
+  const int64_t heads_per_item = std::min(group, kMaxHeads);
+  const int64_t head_blocks = ceil_div(group, heads_per_item);
   const int64_t mtiles = spans.num_tiles(p.seqlen_q);
-  const int64_t total = p.batch * p.heads_q * mtiles;
+  const int64_t per_m = p.batch * p.heads_kv * head_blocks;
+  const int64_t total = per_m * mtiles;
   const CausalGeometry geo{p.seqlen_q, p.seqlen_k, p.causal};
   const auto* Q = static_cast<const scalar_t*>(p.q);
   auto* O = static_cast<scalar_t*>(p.out);
@@ -209,34 +303,27 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
   std::atomic<int64_t> next{0};
   const int nthreads = at::get_num_threads();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
-    AlignedBuffer<float> S(BQ * kTileKeys), acc(BQ * D);
+    AlignedBuffer<float> S(BQ * kTileKeys);
     AlignedBuffer<pack_t> P(kVnni ? BQ * kTileKeys : 0);
-    AlignedBuffer<float> Qf(kInplaceQ ? 0 : BQ * D);
-    std::vector<SoftmaxRowState> state(BQ);
+    std::vector<HeadTile<pack_t>> heads(heads_per_item);
+    for (auto& ht : heads) {
+      ht.acc.reserve(BQ * D);
+      if (!kInplaceQ) ht.qf.reserve(BQ * D);
+      ht.state.resize(BQ);
+      ht.chunks.resize(kv.nchunks + 1);
+    }
     std::vector<KeySpan> span_buf(spans.max_spans());
-    std::vector<int64_t> chunk_buf(kv.nchunks + 1);
+    std::vector<int64_t> uni(kv.nchunks + 1);
+
     for (int64_t item = next++; item < total; item = next++) {
-      const int64_t m = mtiles - 1 - item / (p.batch * p.heads_q);
-      const int64_t bh = item % (p.batch * p.heads_q);
-      const int64_t b = bh / p.heads_q, h = bh % p.heads_q, g = h / group;
+      const int64_t m = mtiles - 1 - item / per_m;
+      const int64_t rest = item % per_m;
+      const int64_t b = rest / (p.heads_kv * head_blocks);
+      const int64_t g = rest / head_blocks % p.heads_kv;
+      const int64_t h0 = g * group + rest % head_blocks * heads_per_item;
+      const int64_t nh = std::min(heads_per_item, g * group + group - h0);
       const int64_t q0 = m * BQ, rows = std::min(BQ, p.seqlen_q - q0);
       if (rows <= 0) continue;
-
-      // Query tile: read in place (lda = seq stride) or converted to float.
-      const scalar_t* qsrc = Q + b * p.q_stride[0] + h * p.q_stride[2] + q0 * p.q_stride[1];
-      const pack_t* qa;
-      int64_t lda;
-      if constexpr (kInplaceQ) {
-        qa = reinterpret_cast<const pack_t*>(qsrc);
-        lda = p.q_stride[1];
-      } else {
-        for (int64_t r = 0; r < rows; ++r) at::vec::convert(qsrc + r * p.q_stride[1], Qf.data() + r * D, D);
-        qa = reinterpret_cast<const pack_t*>(Qf.data());
-        lda = D;
-      }
-      std::fill(acc.data(), acc.data() + rows * D, 0.f);
-      std::fill(state.begin(), state.begin() + rows, SoftmaxRowState::empty());
-
       const int64_t bg = b * p.heads_kv + g;
       const pack_t* kbase = kv.k.data() + bg * kv.nchunks * kChunk * D;
       const pack_t* vhead = nullptr;  // packed V (kVnni)
@@ -249,61 +336,58 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
       }
       // Keys past the tile's last visible key are never needed (rounded up to a chunk).
       const int64_t key_limit = std::min(p.seqlen_k, ceil_div(geo.key_end(q0 + rows - 1), kChunk) * kChunk);
-      const int64_t nspans = spans.spans(b, h, m, key_limit, span_buf.data());
-      // The item's 64-key chunks, in ascending order. A softmax tile takes up to
-      // kTileChunks of them whether or not they are adjacent, so scattered 64-key blocks
-      // still share the per-tile bookkeeping; adjacent chunks share one P V product.
-      int64_t nchunks = 0;
-      for (int64_t si = 0; si < nspans; ++si)
-        for (int64_t c0 = span_buf[si].start; c0 < span_buf[si].end; c0 += kChunk)
-          if (!geo.tile_empty(q0 + rows, c0)) chunk_buf[nchunks++] = c0;
 
-      for (int64_t tc = 0; tc < nchunks; tc += kTileChunks) {
-        const int64_t* chunk = chunk_buf.data() + tc;
-        const int64_t nc = std::min(kTileChunks, nchunks - tc);
+      // Per head: query tile, cleared state, and its ascending list of 64-key chunks.
+      for (int64_t j = 0; j < nh; ++j) {
+        HeadTile<pack_t>& ht = heads[j];
+        ht.h = h0 + j;
+        const scalar_t* qsrc = Q + b * p.q_stride[0] + ht.h * p.q_stride[2] + q0 * p.q_stride[1];
+        if constexpr (kInplaceQ) {  // read in place (lda = seq stride)
+          ht.qa = reinterpret_cast<const pack_t*>(qsrc);
+          ht.lda = p.q_stride[1];
+        } else {
+          for (int64_t r = 0; r < rows; ++r) at::vec::convert(qsrc + r * p.q_stride[1], ht.qf.data() + r * D, D);
+          ht.qa = reinterpret_cast<const pack_t*>(ht.qf.data());
+          ht.lda = D;
+        }
+        std::fill(ht.acc.data(), ht.acc.data() + rows * D, 0.f);
+        std::fill(ht.state.begin(), ht.state.begin() + rows, SoftmaxRowState::empty());
+        const int64_t nspans = spans.spans(b, ht.h, m, key_limit, span_buf.data());
+        ht.nchunks = 0;
+        ht.cursor = 0;
+        for (int64_t si = 0; si < nspans; ++si)
+          for (int64_t c0 = span_buf[si].start; c0 < span_buf[si].end; c0 += kChunk)
+            if (!geo.tile_empty(q0 + rows, c0)) ht.chunks[ht.nchunks++] = c0;
+      }
+      // Union of the heads' chunks (ascending, no repeats).
+      int64_t nu = 0;
+      if (nh == 1) {
+        std::copy(heads[0].chunks.begin(), heads[0].chunks.begin() + heads[0].nchunks, uni.begin());
+        nu = heads[0].nchunks;
+      } else {
+        for (int64_t j = 0; j < nh; ++j) heads[j].cursor = 0;
+        while (true) {
+          int64_t lo = INT64_MAX;
+          for (int64_t j = 0; j < nh; ++j)
+            if (heads[j].cursor < heads[j].nchunks) lo = std::min(lo, heads[j].chunks[heads[j].cursor]);
+          if (lo == INT64_MAX) break;
+          uni[nu++] = lo;
+          for (int64_t j = 0; j < nh; ++j)
+            if (heads[j].cursor < heads[j].nchunks && heads[j].chunks[heads[j].cursor] == lo) ++heads[j].cursor;
+        }
+        for (int64_t j = 0; j < nh; ++j) heads[j].cursor = 0;
+      }
+
+      // A softmax tile: up to kTileChunks chunks of one head, wherever they lie, so
+      // scattered 64-key blocks still share the per-tile bookkeeping; adjacent chunks
+      // share one P V product.
+      auto tile = [&](HeadTile<pack_t>& ht, const int64_t* chunk, int64_t nc) {
         // S = Q K^T, one brgemm per 64-key chunk (N = 64, K = D).
         for (int64_t c = 0; c < nc; ++c)
-          at::native::cpublas::brgemm(rows, kChunk, D, lda, kChunk, kTileKeys, false, qa,
+          at::native::cpublas::brgemm(rows, kChunk, D, ht.lda, kChunk, kTileKeys, false, ht.qa,
                                       kbase + chunk[c] * D, S.data() + c * kChunk, kVnni);
-        // Online softmax per row over the visible keys of each chunk.
-        for (int64_t r = 0; r < rows; ++r) {
-          const float* s = S.data() + r * kTileKeys;
-          // In the fp32 path P overwrites S in place (row r is read before it is written).
-          pack_t* prow = kVnni ? P.data() + r * kTileKeys : reinterpret_cast<pack_t*>(S.data() + r * kTileKeys);
-          RowIntervals iv[kTileChunks];
-          float raw = -INFINITY;
-          for (int64_t c = 0; c < nc; ++c) {
-            iv[c] = row_intervals(spans, geo, q0 + r, chunk[c], std::min(chunk[c] + kChunk, p.seqlen_k));
-            const int64_t o = c * kChunk;
-            if (iv[c].a1 > iv[c].a0) raw = row_max(s, o + iv[c].a0, o + iv[c].a1, raw);
-            if (iv[c].b1 > iv[c].b0) raw = row_max(s, o + iv[c].b0, o + iv[c].b1, raw);
-          }
-          if (raw == -INFINITY) {  // nothing visible in this tile for this row
-            fill_zero(prow, 0, nc * kChunk);
-            continue;
-          }
-          const float factor = state[r].rescale_to(raw * p.scale);
-          if (factor != 1.f) {
-            float* a = acc.data() + r * D;
-            at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
-          }
-          const float mx = state[r].max;
-          float sum = 0.f;
-          for (int64_t c = 0; c < nc; ++c) {
-            const int64_t o = c * kChunk;
-            const RowIntervals& v = iv[c];
-            fill_zero(prow, o, o + v.a0);
-            sum += exp_store(s, o + v.a0, o + v.a1, p.scale, mx, prow);
-            if (v.b1 > v.b0) {
-              fill_zero(prow, o + v.a1, o + v.b0);
-              sum += exp_store(s, o + v.b0, o + v.b1, p.scale, mx, prow);
-              fill_zero(prow, o + v.b1, o + kChunk);
-            } else {
-              fill_zero(prow, o + v.a1, o + kChunk);
-            }
-          }
-          state[r].add_sum(sum);
-        }
+        softmax_tile(spans, geo, p.scale, q0, rows, p.seqlen_k, chunk, nc, S.data(),
+                     kVnni ? P.data() : reinterpret_cast<pack_t*>(S.data()), ht.acc.data(), D, ht.state.data());
         // O += P V, one product per run of adjacent chunks.
         for (int64_t c = 0; c < nc;) {
           int64_t e = c + 1;
@@ -314,24 +398,39 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
               const int64_t w = std::min(kDimChunk, D - d0);
               at::native::cpublas::brgemm(rows, w, (e - c) * kChunk, kTileKeys, w, D, true,
                                           P.data() + c * kChunk, vhead + kv.skpad * d0 + t0 * w,
-                                          acc.data() + d0, true);
+                                          ht.acc.data() + d0, true);
             }
           } else {  // plain V may be the caller's tensor: never read past seqlen_k
             const int64_t keys = std::min(chunk[e - 1] + kChunk, p.seqlen_k) - t0;
-            at::native::cpublas::brgemm(rows, D, keys, kTileKeys, kv.v_ld, D, true,
-                                        S.data() + c * kChunk, vplain + t0 * kv.v_ld, acc.data(), false);
+            at::native::cpublas::brgemm(rows, D, keys, kTileKeys, kv.v_ld, D, true, S.data() + c * kChunk,
+                                        vplain + t0 * kv.v_ld, ht.acc.data(), false);
           }
           c = e;
         }
+      };
+
+      // Walk the union in windows of kTileChunks; each head runs a tile on its own chunks
+      // inside the window while the window's K/V are hot in cache.
+      for (int64_t u = 0; u < nu; u += kTileChunks) {
+        const int64_t last = uni[std::min(u + kTileChunks, nu) - 1];
+        for (int64_t j = 0; j < nh; ++j) {
+          HeadTile<pack_t>& ht = heads[j];
+          const int64_t start = ht.cursor;
+          while (ht.cursor < ht.nchunks && ht.chunks[ht.cursor] <= last) ++ht.cursor;
+          if (ht.cursor > start) tile(ht, ht.chunks.data() + start, ht.cursor - start);
+        }
       }
       // Normalize and store.
-      for (int64_t r = 0; r < rows; ++r) {
-        const float inv = state[r].inv_sum();
-        scalar_t* o = O + b * p.o_stride[0] + h * p.o_stride[2] + (q0 + r) * p.o_stride[1];
-        float* a = acc.data() + r * D;
-        at::vec::map([inv](Vec x) { return x * Vec(inv); }, a, a, D);
-        at::vec::convert(a, o, D);
-        p.lse[(b * p.heads_q + h) * p.seqlen_q + q0 + r] = state[r].lse();
+      for (int64_t j = 0; j < nh; ++j) {
+        HeadTile<pack_t>& ht = heads[j];
+        for (int64_t r = 0; r < rows; ++r) {
+          const float inv = ht.state[r].inv_sum();
+          scalar_t* o = O + b * p.o_stride[0] + ht.h * p.o_stride[2] + (q0 + r) * p.o_stride[1];
+          float* a = ht.acc.data() + r * D;
+          at::vec::map([inv](Vec x) { return x * Vec(inv); }, a, a, D);
+          at::vec::convert(a, o, D);
+          p.lse[(b * p.heads_q + ht.h) * p.seqlen_q + q0 + r] = ht.state[r].lse();
+        }
       }
     }
     if (kVnni) at::native::cpublas::brgemm_release(true);
