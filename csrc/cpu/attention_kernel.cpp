@@ -284,8 +284,8 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
   const int64_t D = p.head_dim, BQ = spans.tile_q;
   const int64_t group = p.heads_q / p.heads_kv;
   // The query heads of a GQA group share K/V: an item takes up to kMaxHeads of them and
-  // walks the union of their chunks, so each K/V chunk is read from memory once and then
-  // reused from cache by every head that needs it (with 64-row tiles, streaming K/V once
+  // advances them together through the keys, so a K/V chunk is read from memory about
+  // once and reused from cache by the other heads (with 64-row tiles, streaming K/V once
   // per head would make the tile products bandwidth-bound).
   constexpr int64_t kMaxHeads = 8;
   const int64_t heads_per_item = std::min(group, kMaxHeads);
@@ -313,7 +313,6 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
       ht.chunks.resize(kv.nchunks + 1);
     }
     std::vector<KeySpan> span_buf(spans.max_spans());
-    std::vector<int64_t> uni(kv.nchunks + 1);
 
     for (int64_t item = next++; item < total; item = next++) {
       const int64_t m = mtiles - 1 - item / per_m;
@@ -359,25 +358,6 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
           for (int64_t c0 = span_buf[si].start; c0 < span_buf[si].end; c0 += kChunk)
             if (!geo.tile_empty(q0 + rows, c0)) ht.chunks[ht.nchunks++] = c0;
       }
-      // Union of the heads' chunks (ascending, no repeats).
-      int64_t nu = 0;
-      if (nh == 1) {
-        std::copy(heads[0].chunks.begin(), heads[0].chunks.begin() + heads[0].nchunks, uni.begin());
-        nu = heads[0].nchunks;
-      } else {
-        for (int64_t j = 0; j < nh; ++j) heads[j].cursor = 0;
-        while (true) {
-          int64_t lo = INT64_MAX;
-          for (int64_t j = 0; j < nh; ++j)
-            if (heads[j].cursor < heads[j].nchunks) lo = std::min(lo, heads[j].chunks[heads[j].cursor]);
-          if (lo == INT64_MAX) break;
-          uni[nu++] = lo;
-          for (int64_t j = 0; j < nh; ++j)
-            if (heads[j].cursor < heads[j].nchunks && heads[j].chunks[heads[j].cursor] == lo) ++heads[j].cursor;
-        }
-        for (int64_t j = 0; j < nh; ++j) heads[j].cursor = 0;
-      }
-
       // A softmax tile: up to kTileChunks chunks of one head, wherever they lie, so
       // scattered 64-key blocks still share the per-tile bookkeeping; adjacent chunks
       // share one P V product.
@@ -409,15 +389,18 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
         }
       };
 
-      // Walk the union in windows of kTileChunks; each head runs a tile on its own chunks
-      // inside the window while the window's K/V are hot in cache.
-      for (int64_t u = 0; u < nu; u += kTileChunks) {
-        const int64_t last = uni[std::min(u + kTileChunks, nu) - 1];
+      // Round robin over the heads, a full tile of each head's next chunks at a time: the
+      // heads move through the keys at about the same pace, so a K/V chunk one head
+      // loads is still in cache when the others reach it.
+      for (bool left = true; left;) {
+        left = false;
         for (int64_t j = 0; j < nh; ++j) {
           HeadTile<pack_t>& ht = heads[j];
-          const int64_t start = ht.cursor;
-          while (ht.cursor < ht.nchunks && ht.chunks[ht.cursor] <= last) ++ht.cursor;
-          if (ht.cursor > start) tile(ht, ht.chunks.data() + start, ht.cursor - start);
+          const int64_t nc = std::min(kTileChunks, ht.nchunks - ht.cursor);
+          if (nc <= 0) continue;
+          tile(ht, ht.chunks.data() + ht.cursor, nc);
+          ht.cursor += nc;
+          left = left || ht.cursor < ht.nchunks;
         }
       }
       // Normalize and store.

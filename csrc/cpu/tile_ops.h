@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 
@@ -128,6 +129,11 @@ inline float row_max(const float* s, int64_t x0, int64_t x1, float m) {
     m3 = _mm512_max_ps(m3, _mm512_loadu_ps(s + j + 48));
   }
   for (; j + 16 <= x1; j += 16) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(s + j));
+  if (j < x1) {  // masked tail: masked-off lanes read as -inf
+    const __mmask16 k = static_cast<__mmask16>((1u << (x1 - j)) - 1);
+    m1 = _mm512_max_ps(m1, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, s + j));
+    j = x1;
+  }
   m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
 #endif
   for (; j < x1; ++j) m = std::max(m, s[j]);
@@ -197,13 +203,16 @@ inline __m512 exp2_fast(__m512 x) {
     sum1 = _mm512_add_ps(sum1, e1);                                                    \
     STORE(p + j, e0, e1);                                                              \
   }                                                                                    \
-  float out = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));                         \
-  for (; j < x1; ++j) {                                                                \
-    const float e = std::exp(s[j] * scale - m);                                        \
-    p[j] = static_cast<std::remove_pointer_t<decltype(p)>>(e);                         \
-    out += e;                                                                          \
+  for (; j < x1; j += 16) { /* masked tail, 16 at a time: no scalar exp */            \
+    const int64_t n = std::min<int64_t>(16, x1 - j);                                   \
+    const __mmask16 k = static_cast<__mmask16>((1u << n) - 1);                         \
+    const __m512 e = exp2_fast(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, s + j), vs, vm)); \
+    sum0 = _mm512_mask_add_ps(sum0, k, sum0, e);                                       \
+    alignas(64) float tmp[16];                                                         \
+    _mm512_store_ps(tmp, e);                                                           \
+    for (int64_t t = 0; t < n; ++t) p[j + t] = static_cast<std::remove_pointer_t<decltype(p)>>(tmp[t]); \
   }                                                                                    \
-  return out;
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
 
 template <typename out_t>
 inline float exp_store_avx512(const float* s, int64_t x0, int64_t x1, float scale, float m, out_t* p) {
@@ -249,9 +258,10 @@ inline float exp_store(const float* s, int64_t x0, int64_t x1, float scale, floa
 #endif
 }
 
+// All-zero bits are 0.0 in float, bf16 and fp16.
 template <typename T>
 inline void fill_zero(T* p, int64_t x0, int64_t x1) {
-  for (int64_t j = x0; j < x1; ++j) p[j] = T(0);
+  if (x1 > x0) std::memset(static_cast<void*>(p + x0), 0, sizeof(T) * (x1 - x0));
 }
 
 }  // namespace sparse_attn::cpu::SA_CPU_NS
