@@ -22,6 +22,9 @@ def _check_inputs(q, k, v, out, op: str):
             f"{op}: q is on {q.device}, but this build only runs on the CPU engine; the CUDA engine for "
             f"this op is not built yet (see the README's status table)"
         )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(f"{op}: inference only, there is no backward; call it under torch.no_grad() "
+                         f"or pass tensors that do not require grad")
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"{op}: out must be a torch.Tensor or None")
@@ -73,7 +76,16 @@ def _check_mask_mod(block_mask, seqlen_q, seqlen_k, causal):
     except Exception as e:  # noqa: BLE001 - any failure means we cannot vouch for it
         raise ValueError(f"mask: could not evaluate the BlockMask's mask_mod to check it ({e})") from e
     want = (q_idx + (seqlen_k - seqlen_q) >= kv_idx) if causal else torch.ones_like(inside)
-    if bool(((got != want) & inside).any()):
+    bad = bool(((got != want) & inside).any())
+    if causal and not bad and getattr(block_mask, "full_kv_num_blocks", None) is not None:
+        # Full blocks skip mask_mod in flex; under causal=True they must need no mask here
+        # either, i.e. lie wholly at or below the diagonal.
+        fc, fi = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
+        fvalid = torch.arange(fi.shape[-1], device=fi.device) < fc[..., None]
+        fb, fh, fm, fj = torch.nonzero(fvalid, as_tuple=True)
+        last_key = torch.clamp((fi[fb, fh, fm, fj].long() + 1) * bk, max=seqlen_k) - 1
+        bad = bool((last_key > fm * bq + (seqlen_k - seqlen_q)).any())
+    if bad:
         kind = "causal (bottom-right aligned)" if causal else "all-True (no element mask)"
         raise ValueError(
             f"mask: the BlockMask's mask_mod is not {kind} on its partial blocks; only block "
