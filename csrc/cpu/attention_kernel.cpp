@@ -1,11 +1,12 @@
 // CPU engine for prefill attention over key spans (block-sparse and streaming).
 //
-// Flash-attention style: a work item is (batch, query head, query tile); it walks the
-// tile's key spans (csrc/include/sparse_attn/key_spans.h) in tiles of up to kTileKeys
-// keys, computes S = Q K^T and O += P V with ATen's cpublas::brgemm (AMX for bf16/fp16
-// where the CPU has it, AVX-512 otherwise) and keeps an online softmax per row
-// (softmax_state.h). K and V are packed once per call into the layout brgemm wants, so
-// the packing is shared by every query head of a GQA group and every query tile.
+// Flash-attention style. A work item is (batch, query block, up to 8 query heads of one
+// GQA group). Each head's key spans (csrc/include/sparse_attn/key_spans.h) become a list
+// of 64-key chunks; tiles of up to four chunks (adjacent or not) go through
+// S = Q K^T, an online softmax per row (softmax_state.h, tile_ops.h) and O += P V, the
+// products by ATen's cpublas::brgemm (AMX for bf16 where the CPU has it, AVX-512
+// otherwise). The heads of an item advance round robin, so K/V chunks are reused from
+// cache. K and V are packed once per call into the layout brgemm wants.
 //
 // This file is compiled once per instruction set; SA_CPU_NS names the namespace.
 #include <ATen/Parallel.h>
@@ -44,10 +45,10 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 struct BlockSparseSpans {
   const BlockSparseParams& mask;
   int64_t tile_q;  // query rows per work item == mask block_q
-  int64_t num_tiles(int64_t seqlen_q) const { return mask.num_q_blocks; }
+  int64_t num_tiles(int64_t) const { return mask.num_q_blocks; }
   int64_t spans(int64_t b, int64_t h, int64_t m, int64_t key_limit, KeySpan* out) const {
     BlockRow row = BlockRow::of(mask, b, h, m);
-    // Spans are not capped: the tile loop cuts them into kTileKeys pieces.
+    // Spans are not capped: the kernel walks them in 64-key chunks.
     return block_row_spans(row, mask.block_k, key_limit, INT64_MAX, out);
   }
   int64_t max_spans() const { return mask.max_count + mask.max_full_count + 1; }

@@ -1,0 +1,297 @@
+"""Timing harness shared by every benchmark suite.
+
+Rules (see DESIGN.md, "Measuring"): wall-clock time with ``time.perf_counter``, warm-up
+calls first, then the median of several repeats, rotating over several freshly drawn input
+sets so that a warm cache does not flatter the op, the baseline timed in the same run.
+``torch.set_num_threads`` is never touched: we measure what a user gets by default.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+__all__ = ["time_fn", "time_interleaved", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
+
+
+def _sync(device: str | None) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[..., Any], inputs: Sequence[Sequence[Any]], *, warmup: int = 1,
+            repeats: int = 5, device: str | None = None) -> dict:
+    """Time ``fn(*inputs[i % len(inputs)])``; ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    The call index keeps counting through warm-up and repeats, so consecutive calls read
+    different input sets. Each call is timed on its own (``time.perf_counter``; on CUDA the
+    device is synchronized before and after). Returns seconds:
+    ``{"median", "min", "max", "mean", "times", "warmup", "repeats", "input_sets"}``.
+    """
+    if not inputs:
+        raise ValueError("time_fn needs at least one input set")
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    n = len(inputs)
+    i = 0
+    for _ in range(max(warmup, 0)):
+        fn(*inputs[i % n])
+        i += 1
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        args = inputs[i % n]
+        i += 1
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(*args)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return _stats(times, warmup, repeats, n)
+
+
+def _stats(times: list[float], warmup: int, repeats: int, n: int) -> dict:
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "mean": statistics.fmean(times),
+        "times": times,
+        "warmup": warmup,
+        "repeats": repeats,
+        "input_sets": n,
+    }
+
+
+def time_interleaved(fns: Mapping[str, tuple[Callable[..., Any], Sequence[Sequence[Any]]]], *,
+                     warmup: int = 1, repeats: int = 5, device: str | None = None) -> dict:
+    """Time several ``name -> (fn, inputs)`` side by side, like :func:`time_fn` for each.
+
+    Calls are interleaved (every repeat round times one call of each fn, in order), so load
+    from other processes or clock drift hits the op and its baselines alike. A fn that raises
+    is dropped from later rounds; its entry becomes ``{"error": "Type: message"}``.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    calls = {name: 0 for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    errors: dict[str, str] = {}
+
+    def one(name: str, timed: bool) -> None:
+        fn, inputs = fns[name]
+        args = inputs[calls[name] % len(inputs)]
+        calls[name] += 1
+        try:
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(*args)
+            _sync(device)
+            dt = time.perf_counter() - t0
+        except Exception as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+            return
+        if timed:
+            times[name].append(dt)
+
+    for _ in range(max(warmup, 0)):
+        for name in fns:
+            if name not in errors:
+                one(name, False)
+    for _ in range(repeats):
+        for name in fns:
+            if name not in errors:
+                one(name, True)
+    return {name: ({"error": errors[name]} if name in errors
+                   else _stats(times[name], warmup, repeats, len(fns[name][1]))) for name in fns}
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+_INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16",
+                      "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU, cores, memory, torch, sparse_attn build, date."""
+    cpuinfo = _read_text("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
+    flag_set = set(flags.group(1).split()) if flags else set()
+    mem = re.search(r"^MemTotal:\s*(\d+)\s*kB", _read_text("/proc/meminfo"), re.M)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    info: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "cpu_model": model.group(1).strip() if model else (platform.processor() or platform.machine()),
+        "cpu_flags": [f for f in _INTERESTING_FLAGS if f in flag_set],
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "mem_total_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_cpu_capability": _safe(lambda: torch.backends.cpu.get_cpu_capability()),
+        "cuda_device": _safe(lambda: torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
+    }
+    try:
+        import sparse_attn
+
+        info["sparse_attn"] = sparse_attn.build_info()
+    except Exception as e:  # no build yet: say so in the record
+        info["sparse_attn"] = {"error": f"{type(e).__name__}: {e}"}
+    return info
+
+
+def _safe(f: Callable[[], Any]) -> Any:
+    try:
+        return f()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """This machine's memory read bandwidth in GB/s (1e9 bytes/s), for decode limits.
+
+    ``torch.sum`` over a float32 buffer of ``nbytes`` (>= 1 GiB by default, far past any
+    cache) with the default thread count; one warm-up pass, median of ``repeats`` passes.
+    """
+    n = max(nbytes // 4, 1)
+    buf = torch.empty(n, dtype=torch.float32)
+    buf.fill_(1.0)  # touch every page before timing
+    torch.sum(buf)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.sum(buf)
+        times.append(time.perf_counter() - t0)
+    del buf
+    return n * 4 / statistics.median(times) / 1e9
+
+
+def machine_tag() -> str:
+    """Short file-name-safe machine tag: ``$SPARSE_ATTN_BENCH_TAG`` or ``<hostname>-<N>c[-gpu]``."""
+    tag = os.environ.get("SPARSE_ATTN_BENCH_TAG")
+    if not tag:
+        host = socket.gethostname().split(".")[0] or "host"
+        tag = f"{host}-{os.cpu_count()}c"
+        if torch.cuda.is_available():
+            tag += "-" + torch.cuda.get_device_name(0).split()[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)[:40]
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf are not JSON: write them as null; tensors/dtypes/paths as plain values."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _json_safe(x.tolist())
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def write_results(name: str, rows: list[dict], meta: dict | None = None,
+                  out_dir: str | os.PathLike = "bench/results") -> Path:
+    """Write ``<out_dir>/<name>_<YYYYmmdd-HHMMSS>_<machine tag>.json`` (UTC time); return its path.
+
+    The file holds ``{"op", "created_utc", "machine", "meta", "rows"}``; ``machine`` is
+    ``meta["machine"]`` when the caller already collected it, else ``machine_info()``.
+    """
+    meta = dict(meta or {})
+    machine = meta.pop("machine", None) or machine_info()
+    now = _dt.datetime.now(_dt.timezone.utc)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}_{now.strftime('%Y%m%d-%H%M%S')}_{machine_tag()}.json"
+    doc = {
+        "op": name,
+        "created_utc": now.isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "machine": machine,
+        "meta": meta,
+        "rows": rows,
+    }
+    path.write_text(json.dumps(_json_safe(doc), indent=1) + "\n")
+    return path
+
+
+def plot(rows: list[dict], path: str | os.PathLike, *, label_key: str = "case",
+         time_keys: Sequence[str] | None = None, ratio_key: str | None = None,
+         ratio_target: float | None = None, title: str | None = None) -> Path | None:
+    """Grouped bar chart of the ``*_ms`` columns per row (log scale), PNG at ``path``.
+
+    With ``ratio_key`` a second panel shows that column per row and ``ratio_target`` as a
+    line. Without matplotlib: prints a one-line note and returns None.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        print(f"note: matplotlib not importable, skipping plot {path} (pip install matplotlib)")
+        return None
+    if not rows:
+        return None
+    if time_keys is None:
+        time_keys = [k for k in rows[0] if k.endswith("_ms")]
+    labels = [str(r.get(label_key, i)) for i, r in enumerate(rows)]
+    panels = 2 if ratio_key else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, 0.9 * len(rows) + 3), 4.5 * panels),
+                             squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(len(time_keys), 1)
+    for j, key in enumerate(time_keys):
+        xs = [i + (j - (len(time_keys) - 1) / 2) * width for i in range(len(rows))]
+        ys = [r.get(key) if isinstance(r.get(key), (int, float)) else float("nan") for r in rows]
+        ax.bar(xs, ys, width=width, label=key.removesuffix("_ms"))
+    ax.set_yscale("log")
+    ax.set_ylabel("time (ms, median)")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if ratio_key:
+        ax2 = axes[1][0]
+        ys = [r.get(ratio_key) if isinstance(r.get(ratio_key), (int, float)) else float("nan")
+              for r in rows]
+        ax2.bar(range(len(rows)), ys, color="tab:purple")
+        if ratio_target is not None:
+            ax2.axhline(ratio_target, color="red", linestyle="--", label=f"target {ratio_target}")
+            ax2.legend(fontsize=8)
+        ax2.set_ylabel(ratio_key, fontsize=8)
+        ax2.set_xticks(range(len(rows)))
+        ax2.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax2.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

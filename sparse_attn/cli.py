@@ -1,0 +1,76 @@
+"""``sparse-attn`` command line: ``bench`` runs a benchmark suite, ``info`` prints the build info."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    from sparse_attn.benchmark import SUITES, get_suite
+
+    p = argparse.ArgumentParser(prog="sparse-attn", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="run a benchmark suite, print a table, write JSON (+PNG)")
+    b.add_argument("--op", choices=sorted(SUITES), default="prefill", help="which suite (default prefill)")
+    b.add_argument("--quick", action="store_true", help="a short run (about 2 minutes on 2 cores)")
+    b.add_argument("--out", default="bench/results", help="results folder (default bench/results)")
+    b.add_argument("--no-flex", action="store_true", help="skip the compiled flex_attention baseline")
+    b.add_argument("--seqlens", type=int, nargs="+", help="override the sequence lengths")
+    b.add_argument("--dtypes", nargs="+", help="override the dtypes (bfloat16 float32 float16)")
+    b.add_argument("--densities", type=float, nargs="+", help="override the block densities (0-1)")
+    b.add_argument("--block-sizes", type=int, nargs="+", help="override the block sizes")
+    b.add_argument("--no-streaming", action="store_true", help="skip the streaming case")
+    b.add_argument("--repeats", type=int, help="timed calls per measurement (median reported)")
+    b.add_argument("--warmup", type=int, help="untimed calls before timing")
+    b.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    b.add_argument("--no-json", action="store_true", help="do not write the JSON results")
+    for name in SUITES:  # suite-specific options (e.g. a future decode --schedule)
+        add = getattr(get_suite(name), "add_arguments", None)
+        if add is not None:
+            add(b)
+
+    sub.add_parser("info", help="print sparse_attn.build_info() as JSON")
+    return p
+
+
+def _bench(args) -> int:
+    from sparse_attn.benchmark import get_suite, machine_info, plot, write_results
+
+    suite = get_suite(args.op)
+    cfg = suite.config_from_args(args)
+    machine = machine_info()
+    rows, meta = suite.run(cfg)
+    print(suite.format_table(rows))
+    if not args.no_json:
+        meta = dict(meta, machine=machine, quick=args.quick)
+        path = write_results(args.op, rows, meta, args.out)
+        print(f"results: {path}")
+        if not args.no_plot:
+            png = plot(rows, Path(path).with_suffix(".png"), title=f"{args.op} | {machine['cpu_model']}",
+                       **getattr(suite, "PLOT", {}))
+            if png is not None:
+                print(f"plot: {png}")
+    return 0
+
+
+def _info() -> int:
+    import sparse_attn
+
+    print(json.dumps(sparse_attn.build_info(), indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "info":
+        return _info()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
