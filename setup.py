@@ -115,7 +115,7 @@ class CMakeBuild(build_ext):
 
 setup(
     version=read_version(),
-    packages=["sparse_attn", "sparse_attn.patterns"],
+    packages=["sparse_attn", "sparse_attn.benchmark", "sparse_attn.patterns"],
     package_dir={"sparse_attn": "sparse_attn", "sparse_attn.patterns": "patterns"},
     package_data={"sparse_attn.patterns": ["*.json"]},
     ext_modules=[CMakeExtension("sparse_attn._C")],

@@ -2,10 +2,12 @@
 // registration of the ops (torch.library schema + CPU kernels; fake kernels live in
 // sparse_attn/_ops.py) and of the pybind11 module sparse_attn._C (build facts).
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -58,6 +60,14 @@ AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK_VALUE(k.size(3) == D, "k's head_dim ", k.size(3), " differs from q's ", D);
   TORCH_CHECK_VALUE(Hkv > 0 && Hq % Hkv == 0, "q's heads (", Hq, ") must be a multiple of k's heads (", Hkv, ")");
   TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out must have q's shape ", q.sizes(), ", got ", out.sizes());
+  // Threads write disjoint rows of out and read q/k/v while they do.
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+                    "out has overlapping elements (e.g. an expanded tensor); pass a dense tensor");
+  for (const auto* t : {&q, &k, &v}) {  // TooHard (a strided view) cannot be decided: allowed
+    const auto st = at::get_overlap_status(out, *t);
+    TORCH_CHECK_VALUE(st != at::MemOverlapStatus::Full && st != at::MemOverlapStatus::Partial,
+                      "out must not share memory with q, k or v");
+  }
   TORCH_CHECK_VALUE(D % 16 == 0 && D >= 16 && D <= 512, "head_dim must be a multiple of 16 in [16, 512], got ", D);
   TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "scale must be a positive finite number, got ", scale);
   AttentionParams p;
@@ -117,8 +127,9 @@ at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, 
   AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
   TORCH_CHECK_VALUE(block_q >= 16 && block_q <= 512 && block_q % 16 == 0,
                     "block_size[0] (query block) must be a multiple of 16 in [16, 512], got ", block_q);
-  TORCH_CHECK_VALUE(block_k >= 64 && block_k % 64 == 0,
-                    "block_size[1] (key block) must be a positive multiple of 64 on the CPU engine, got ", block_k);
+  TORCH_CHECK_VALUE(block_k >= 64 && block_k % 64 == 0 && block_k <= (1 << 20),
+                    "block_size[1] (key block) must be a multiple of 64 in [64, 2^20] on the CPU engine, got ",
+                    block_k);
   TORCH_CHECK_VALUE(full_counts.has_value() == full_indices.has_value(),
                     "full_counts and full_indices must be given together");
   BlockSparseParams m;
@@ -149,7 +160,9 @@ at::Tensor streaming_attention_cpu(const at::Tensor& q, const at::Tensor& k, con
   AttentionParams p = make_params(q, k, v, out, lse, scale, /*causal=*/true);
   TORCH_CHECK_VALUE(sink_tokens >= 0, "sink_tokens must be >= 0, got ", sink_tokens);
   TORCH_CHECK_VALUE(window_tokens >= 0, "window_tokens must be >= 0, got ", window_tokens);
-  StreamingParams s{sink_tokens, window_tokens};
+  // Anything past the key length means "everything"; clamping keeps the index math small.
+  const int64_t cap = p.seqlen_k + 1;
+  StreamingParams s{std::min(sink_tokens, cap), std::min(window_tokens, cap)};
   if (q.numel() > 0) cpu::streaming_forward(p, s);
   return lse;
 }
@@ -175,6 +188,8 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "sparse_attn compiled engines (ops are registered under torch.ops.sparse_attn)";
   mod.attr("__version__") = SPARSE_ATTN_VERSION;
+  mod.def("release_workspace", &sparse_attn::cpu::release_workspace,
+          "free the calling thread's packed K/V workspace (kept between calls to avoid page faults)");
   mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");

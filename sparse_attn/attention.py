@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from ._ops import ops
-from .masks import BlockSparseMask, _dense_to_lists
+from .masks import BlockSparseMask
 
 __all__ = ["block_sparse_attention", "streaming_attention"]
 
@@ -39,7 +39,8 @@ def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
     return float(q.shape[-1] ** -0.5) if scale is None else float(scale)
 
 
-def _flex_to_mask(block_mask, seqlen_q: int, seqlen_k: int, causal: bool) -> BlockSparseMask:
+def _flex_to_mask(block_mask, batch: int, heads: int, seqlen_q: int, seqlen_k: int,
+                  causal: bool) -> BlockSparseMask:
     """Converts a FlexAttention BlockMask after checking that its mask_mod is exactly the
     element mask this op applies (causal, bottom-right aligned, or none)."""
     seq = tuple(int(s) for s in block_mask.seq_lengths)
@@ -47,9 +48,9 @@ def _flex_to_mask(block_mask, seqlen_q: int, seqlen_k: int, causal: bool) -> Blo
         raise ValueError(
             f"mask: the BlockMask was built for seq_lengths {seq}, but q/k have ({seqlen_q}, {seqlen_k})"
         )
-    key = (seqlen_q, seqlen_k, causal)
+    key = (batch, heads, seqlen_q, seqlen_k, causal)
     if getattr(block_mask, "_sparse_attn_checked", None) != key:
-        _check_mask_mod(block_mask, seqlen_q, seqlen_k, causal)
+        _check_mask_mod(block_mask, batch, heads, seqlen_q, seqlen_k, causal)
         try:
             block_mask._sparse_attn_checked = key
         except AttributeError:
@@ -57,41 +58,51 @@ def _flex_to_mask(block_mask, seqlen_q: int, seqlen_k: int, causal: bool) -> Blo
     return BlockSparseMask.from_flex(block_mask)
 
 
-def _check_mask_mod(block_mask, seqlen_q, seqlen_k, causal):
-    # The mask_mod only matters on the partial blocks (full blocks skip it); evaluate it
-    # there, vectorized, and compare with the mask the kernel applies.
-    bq, bk = (int(x) for x in block_mask.BLOCK_SIZE)
-    counts, idx = block_mask.kv_num_blocks, block_mask.kv_indices
-    valid = torch.arange(idx.shape[-1], device=idx.device) < counts[..., None]
+def _listed_blocks(counts, indices, batch, heads):
+    """(b, h, m, n) of every listed block, broadcast size-1 batch/head dims expanded."""
+    if counts.dim() != 3 or counts.shape[0] not in (1, batch) or counts.shape[1] not in (1, heads):
+        raise ValueError(f"mask: BlockMask block counts of shape {tuple(counts.shape)} do not fit "
+                         f"batch {batch} x {heads} query heads")
+    valid = torch.arange(indices.shape[-1], device=indices.device) < counts[..., None]
+    valid = valid.expand(batch, heads, *valid.shape[2:])
+    idx = indices.expand(batch, heads, *indices.shape[2:])
     b, h, m, j = torch.nonzero(valid, as_tuple=True)
+    return b, h, m, idx[b, h, m, j].long()
+
+
+def _check_mask_mod(block_mask, batch, heads, seqlen_q, seqlen_k, causal):
+    # flex applies mask_mod on the partial blocks and nothing on the full ones, for every
+    # (batch, head) of the call; the kernel applies the causal mask (or none) everywhere.
+    bq, bk = (int(x) for x in block_mask.BLOCK_SIZE)
+    offset = seqlen_k - seqlen_q
+    kind = "causal (bottom-right aligned)" if causal else "all-True (no element mask)"
+    err = ValueError(
+        f"mask: the BlockMask's mask_mod is not {kind} on its partial blocks, or it has full "
+        f"blocks that {'cross the diagonal' if causal else 'need a mask'}; only block structure plus "
+        f"causal={causal} is supported. Pass causal={not causal} if that matches your mask_mod, "
+        f"or use a pure block mask."
+    )
+    full_c = getattr(block_mask, "full_kv_num_blocks", None)
+    if causal and full_c is not None:  # full blocks must lie wholly at or below the diagonal
+        _, _, fm, fn = _listed_blocks(full_c, block_mask.full_kv_indices, batch, heads)
+        last_key = torch.clamp((fn + 1) * bk, max=seqlen_k) - 1
+        if bool((last_key > fm * bq + offset).any()):
+            raise err
+    b, h, m, n = _listed_blocks(block_mask.kv_num_blocks, block_mask.kv_indices, batch, heads)
     if b.numel() == 0:
         return
-    n = idx[b, h, m, j].long()
-    q_idx = m[:, None, None] * bq + torch.arange(bq, device=idx.device)[None, :, None]
-    kv_idx = n[:, None, None] * bk + torch.arange(bk, device=idx.device)[None, None, :]
+    dev = b.device
+    q_idx = m[:, None, None] * bq + torch.arange(bq, device=dev)[None, :, None]
+    kv_idx = n[:, None, None] * bk + torch.arange(bk, device=dev)[None, None, :]
     inside = (q_idx < seqlen_q) & (kv_idx < seqlen_k)
     try:
         got = block_mask.mask_mod(b[:, None, None], h[:, None, None], q_idx, kv_idx)
-        got = torch.as_tensor(got, device=idx.device).expand_as(inside)
+        got = torch.as_tensor(got, device=dev).expand_as(inside)
     except Exception as e:  # noqa: BLE001 - any failure means we cannot vouch for it
         raise ValueError(f"mask: could not evaluate the BlockMask's mask_mod to check it ({e})") from e
-    want = (q_idx + (seqlen_k - seqlen_q) >= kv_idx) if causal else torch.ones_like(inside)
-    bad = bool(((got != want) & inside).any())
-    if causal and not bad and getattr(block_mask, "full_kv_num_blocks", None) is not None:
-        # Full blocks skip mask_mod in flex; under causal=True they must need no mask here
-        # either, i.e. lie wholly at or below the diagonal.
-        fc, fi = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
-        fvalid = torch.arange(fi.shape[-1], device=fi.device) < fc[..., None]
-        fb, fh, fm, fj = torch.nonzero(fvalid, as_tuple=True)
-        last_key = torch.clamp((fi[fb, fh, fm, fj].long() + 1) * bk, max=seqlen_k) - 1
-        bad = bool((last_key > fm * bq + (seqlen_k - seqlen_q)).any())
-    if bad:
-        kind = "causal (bottom-right aligned)" if causal else "all-True (no element mask)"
-        raise ValueError(
-            f"mask: the BlockMask's mask_mod is not {kind} on its partial blocks; only block "
-            f"structure plus {'causal=True' if causal else 'causal=False'} is supported. Pass "
-            f"causal={not causal} if that matches your mask_mod, or use a pure block mask."
-        )
+    want = (q_idx + offset >= kv_idx) if causal else torch.ones_like(inside)
+    if bool(((got != want) & inside).any()):
+        raise err
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -132,7 +143,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 f"block_sparse_attention: mask must be a BlockSparseMask or a FlexAttention BlockMask, "
                 f"got {type(mask).__name__}"
             )
-        mask = _flex_to_mask(mask, q.shape[1], k.shape[1], causal)
+        mask = _flex_to_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1], causal)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     bq, bk = mask.block_size

@@ -212,8 +212,8 @@ def estimate_block_sparse(q: torch.Tensor, k: torch.Tensor, *, block_size: Block
                           causal: bool = True) -> BlockSparseMask:
     """Pick key blocks per query block from mean-pooled q . k block scores.
 
-    q ``[B, Sq, Hq, D]``, k ``[B, Sk, Hkv, D]`` (GQA: a KV head is shared by its query group,
-    nothing is copied). Keeps ``top_k`` blocks per row, or ``ceil(density * causal blocks
+    q ``[B, Sq, Hq, D]``, k ``[B, Sk, Hkv, D]`` (GQA: a KV head's pooled keys serve its whole
+    query group; k is never expanded to the query heads, only pooled in float32). Keeps ``top_k`` blocks per row, or ``ceil(density * causal blocks
     of the row)``; the first key block and the diagonal block(s) are always kept.
 
     Example::

@@ -117,7 +117,10 @@ def test_garbage_past_count_is_never_read(device):
     mask = BlockSparseMask.from_dense(random_block_map(1, 2, 4, 4, 0.5, seed=1).to(device), 64)
     idx = mask.indices.clone()
     valid = torch.arange(idx.shape[-1], device=device) < mask.counts[..., None]
-    idx[~valid] = 10**6  # far out of range: must never be touched
+    # In-range (and negative) garbage: a kernel reading past the count would attend it.
+    g = torch.Generator().manual_seed(2)
+    junk = torch.randint(-3, 4, idx.shape, generator=g, dtype=torch.int32).to(device)
+    idx[~valid] = junk[~valid]
     a = sparse_attn.block_sparse_attention(q, k, v, BlockSparseMask(mask.counts, idx, 64))
     b = sparse_attn.block_sparse_attention(q, k, v, mask)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -144,3 +147,45 @@ def test_flex_block_mask_matches_flex_attention(dtype):
     flex64 = flex_attention(q.double().transpose(1, 2), k.double().transpose(1, 2), v.double().transpose(1, 2),
                             block_mask=bm, enable_gqa=True).transpose(1, 2)
     assert_close_2x(out, flex64, flex, dtype, "FlexAttention BlockMask input vs flex_attention")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D,bq,bk", [
+    (1, 300, 200, 2, 1, 64, 64, 64),     # Sq > Sk: the first rows see nothing (zeros, -inf)
+    (1, 192, 192, 12, 1, 64, 48, 64),    # GQA group of 12 (> 8 heads per work item), bq 48
+    (1, 160, 600, 2, 2, 16, 16, 256),    # head_dim 16, bq 16, bk 256
+    (1, 130, 130, 2, 1, 256, 64, 64),    # head_dim 256
+])
+def test_more_shapes(dtype, B, Sq, Sk, Hq, Hkv, D, bq, bk):
+    q, k, v = qkv(B, Sq, Sk, Hq, Hkv, D, dtype, seed=Sq + Hq)
+    MB, NB = math.ceil(Sq / bq), math.ceil(Sk / bk)
+    mask = BlockSparseMask.from_dense(random_block_map(B, Hq, MB, NB, 0.6, seed=3), (bq, bk))
+    for causal in (True, False):
+        check(q, k, v, mask, causal, dtype, f"{Sq}x{Sk} Hq={Hq} D={D} bq={bq} bk={bk} causal={causal}")
+
+
+def test_one_thread_matches_two():
+    q, k, v = qkv(1, 256, 256, 4, 2, 64, torch.bfloat16, seed=8)
+    mask = BlockSparseMask.from_dense(random_block_map(1, 4, 4, 4, 0.6, seed=4), 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sparse_attn.block_sparse_attention(q, k, v, mask)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, sparse_attn.block_sparse_attention(q, k, v, mask), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_odd_strides_and_offsets(dtype):
+    # K/V carved out of a wider buffer at an odd offset with an odd row stride: the
+    # 16-bit packing cannot read them as 32-bit pairs and must fall back.
+    B, S, H, D = 1, 200, 2, 64
+    g = torch.Generator().manual_seed(5)
+    buf = torch.randn(B, S, 2 * H * D + 1, generator=g).to(dtype)
+    k = buf[..., 1:1 + H * D].unflatten(-1, (H, D))
+    v = buf[..., 1 + H * D:1 + 2 * H * D].unflatten(-1, (H, D))
+    assert k.stride(1) % 2 == 1 and k.storage_offset() % 2 == 1
+    q = torch.randn(B, S, 2 * H, D, generator=g).to(dtype)
+    mask = BlockSparseMask.from_dense(random_block_map(1, 2 * H, 4, 4, 0.7, seed=6), 64)
+    check(q, k, v, mask, True, dtype, "odd strides")

@@ -358,3 +358,56 @@ def test_flex_other_seq_lengths_rejected(seqlen):
     q, k, v = inputs(22)
     with pytest.raises(ValueError, match=r"\bmask: the BlockMask was built for seq_lengths"):
         sparse_attn.block_sparse_attention(q, k, v, _flex(_causal_mod, seqlen))
+
+
+# --- added with the review fixes -------------------------------------------------------
+
+def _small(dtype=torch.float32):
+    g = torch.Generator().manual_seed(31)
+    q = torch.randn(1, 128, 2, 64, generator=g).to(dtype)
+    k = torch.randn(1, 128, 1, 64, generator=g).to(dtype)
+    v = torch.randn(1, 128, 1, 64, generator=g).to(dtype)
+    return q, k, v
+
+
+def test_out_overlapping_inputs_or_itself_is_rejected():
+    q, k, v = _small()
+    mask = BlockSparseMask.from_dense(torch.ones(1, 1, 2, 2, dtype=torch.bool), 64)
+    with pytest.raises(ValueError, match="out must not share memory"):
+        sparse_attn.block_sparse_attention(q, k, v, mask, out=q)
+    expanded = torch.zeros(1, 128, 1, 64).expand(1, 128, 2, 64)
+    with pytest.raises(ValueError, match="overlapping"):
+        sparse_attn.streaming_attention(q, k, v, sink_tokens=4, window_tokens=16, out=expanded)
+
+
+def test_flex_full_blocks_crossing_diagonal_rejected_even_without_validation():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q, k, v = _small()
+    bm = create_block_mask(lambda b, h, qi, ki: qi >= 0, None, None, 128, 128, device="cpu", BLOCK_SIZE=64)
+    with pytest.raises(ValueError, match="mask_mod"):
+        sparse_attn.block_sparse_attention(q, k, v, bm, causal=True, validate=False)
+
+
+def test_flex_head_dependent_mask_mod_rejected_for_broadcast_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q, k, v = _small()
+
+    def mod(b, h, qi, ki):  # causal on head 0, a 16-token window on head 1
+        return (qi >= ki) & ((h == 0) | (qi - ki < 16))
+
+    bm = create_block_mask(mod, None, None, 128, 128, device="cpu", BLOCK_SIZE=64)
+    with pytest.raises(ValueError, match="mask_mod"):
+        sparse_attn.block_sparse_attention(q, k, v, bm)
+
+
+def test_release_workspace_then_run_again():
+    from sparse_attn import _C
+
+    q, k, v = _small(torch.bfloat16)
+    mask = BlockSparseMask.from_dense(torch.ones(1, 1, 2, 2, dtype=torch.bool), 64)
+    a = sparse_attn.block_sparse_attention(q, k, v, mask)
+    _C.release_workspace()
+    b = sparse_attn.block_sparse_attention(q, k, v, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

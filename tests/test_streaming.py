@@ -11,7 +11,8 @@ from conftest import (DEVICES, assert_close_2x, assert_lse_close, poisoned_like,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D", [(2, 300, 300, 4, 2, 64), (1, 130, 401, 2, 1, 128)])
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D", [(2, 300, 300, 4, 2, 64), (1, 130, 401, 2, 1, 128),
+                                             (1, 250, 180, 2, 2, 64)])  # Sq > Sk
 @pytest.mark.parametrize("sink,window", [(4, 64), (0, 100), (37, 1), (128, 2048), (0, 0), (5, 0), (300, 7)])
 def test_streaming_matches_reference(device, dtype, B, Sq, Sk, Hq, Hkv, D, sink, window):
     skip_if_no_engine(device)

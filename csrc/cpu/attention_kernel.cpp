@@ -74,7 +74,7 @@ struct StreamingSpans {
 //  kVnni (bf16/fp16 with AMX): K chunk c as [D/2][64][2] (VNNI of K^T); V per head_dim
 //    chunk j of width w_j as [Skpad/2][w_j][2]. Keys past seqlen_k are zero.
 //  float: K chunk c as [D][64] (K^T); V read in place for fp32 inputs, else converted to
-//    a contiguous float [Sk][D].
+//    a contiguous float [Skpad][D] per (batch, kv head).
 template <typename T>
 struct Span1d {  // a pointer with the vector-like bits the kernel uses
   T* ptr = nullptr;
@@ -128,6 +128,15 @@ struct PackedKV {
   }
 
   void pack_k_chunk(const scalar_t* src, int64_t ld, int64_t nt, pack_t* dst) const {
+    // 16-bit rows at an odd stride or address cannot be read as 32-bit pairs.
+    const bool word_aligned = sizeof(scalar_t) == 4 || (ld % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0);
+    if constexpr (kVnni) {
+      if (!word_aligned) {  // dst[d/2][n][d%2] = src[n][d], element by element
+        for (int64_t n = 0; n < kChunk; ++n)
+          for (int64_t d = 0; d < D; ++d) dst[((d / 2) * kChunk + n) * 2 + d % 2] = n < nt ? src[n * ld + d] : pack_t(0);
+        return;
+      }
+    }
     if constexpr (sizeof(scalar_t) == sizeof(pack_t)) {
       // VNNI K^T, dst[d/2][n][d%2] = src[n][d], is a transpose of 32-bit (d, d+1) pairs;
       // fp32 K^T, dst[d][n] = src[n][d], is a transpose of 32-bit elements.
@@ -360,7 +369,7 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
         ht.cursor = 0;
         for (int64_t si = 0; si < nspans; ++si)
           for (int64_t c0 = span_buf[si].start; c0 < span_buf[si].end; c0 += kChunk)
-            if (!geo.tile_empty(q0 + rows, c0)) ht.chunks[ht.nchunks++] = c0;
+            if (!geo.tile_empty(q0 + rows, c0) && ht.nchunks < kv.nchunks) ht.chunks[ht.nchunks++] = c0;
       }
       // A softmax tile: up to kTileChunks chunks of one head, wherever they lie, so
       // scattered 64-key blocks still share the per-tile bookkeeping; adjacent chunks
@@ -453,6 +462,10 @@ void dispatch_dtype(const AttentionParams& p, const Spans& spans) {
 
 void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask) {
   dispatch_dtype(p, BlockSparseSpans{mask, mask.block_q});
+}
+
+void release_workspace() {
+  for (int i = 0; i < 2; ++i) scratch_buffers()[i] = AlignedBuffer<char>();
 }
 
 void streaming_forward(const AttentionParams& p, const StreamingParams& s) {

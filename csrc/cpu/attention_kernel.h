@@ -9,6 +9,7 @@ namespace sparse_attn::cpu {
   namespace NS {                                                                       \
   void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask); \
   void streaming_forward(const AttentionParams& p, const StreamingParams& s);         \
+  void release_workspace();                                                           \
   }
 SA_DECLARE_CPU_KERNELS(DEFAULT)
 SA_DECLARE_CPU_KERNELS(AVX512)
@@ -17,6 +18,8 @@ SA_DECLARE_CPU_KERNELS(AVX512)
 // Run-time dispatch (dispatch.cpp).
 void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask);
 void streaming_forward(const AttentionParams& p, const StreamingParams& s);
+// Frees the calling thread's packed-K/V workspace (it is kept between calls otherwise).
+void release_workspace();
 // Which kernel build and tile path the dispatcher uses on this CPU.
 const char* kernel_isa();
 bool uses_amx_bf16();

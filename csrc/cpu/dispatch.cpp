@@ -30,6 +30,13 @@ void streaming_forward(const AttentionParams& p, const StreamingParams& s) {
   return DEFAULT::streaming_forward(p, s);
 }
 
+void release_workspace() {
+  DEFAULT::release_workspace();
+#if SA_HAVE_AVX512_BUILD
+  AVX512::release_workspace();
+#endif
+}
+
 const char* kernel_isa() { return cpu_has_avx512() ? "avx512" : "default"; }
 
 bool uses_amx_bf16() { return at::native::cpublas::could_pack(at::kBFloat16); }

@@ -44,11 +44,15 @@ struct AlignedBuffer {
 
 // Grow-only scratch memory of the calling thread, kept between calls: packed K/V of a
 // long prompt are tens of MB, and fresh pages would cost more than the packing itself.
+inline AlignedBuffer<char>* scratch_buffers() {
+  thread_local AlignedBuffer<char> bufs[2];
+  return bufs;
+}
 template <typename T>
 T* scratch(int slot, int64_t n) {
-  thread_local AlignedBuffer<char> bufs[2];
-  bufs[slot].reserve(n * static_cast<int64_t>(sizeof(T)));
-  return reinterpret_cast<T*>(bufs[slot].data());
+  AlignedBuffer<char>& buf = scratch_buffers()[slot];
+  buf.reserve(n * static_cast<int64_t>(sizeof(T)));
+  return reinterpret_cast<T*>(buf.data());
 }
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols (32-bit elements).

@@ -5,6 +5,7 @@
 #include "sparse_attn/macros.h"
 
 namespace sparse_attn {
+SA_ABI_BEGIN
 
 struct CausalGeometry {
   int64_t seqlen_q, seqlen_k;
@@ -30,4 +31,5 @@ struct CausalGeometry {
   }
 };
 
+SA_ABI_END
 }  // namespace sparse_attn

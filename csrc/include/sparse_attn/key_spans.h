@@ -8,6 +8,7 @@
 #include "sparse_attn/params.h"
 
 namespace sparse_attn {
+SA_ABI_BEGIN
 
 struct KeySpan {
   int64_t start;
@@ -55,6 +56,9 @@ SA_HOST_DEVICE int64_t block_row_spans(const BlockRow& row, int block_k, int64_t
     int64_t blk = a < c ? a : c;
     if (a == blk) ++i;
     if (c == blk) ++j;  // a block in both lists is attended once
+    // Validated lists are ascending and in range; without validation (validate=False) a
+    // negative, repeated or out-of-order id is dropped here rather than read out of bounds.
+    if (blk < 0 || (run_start >= 0 && blk < run_end)) continue;
     if (blk * block_k >= key_limit) break;  // sorted: every later block is past the limit too
     if (run_start >= 0 && blk == run_end && run_end - run_start < max_blocks) {
       run_end = blk + 1;
@@ -101,4 +105,5 @@ SA_HOST_DEVICE bool streaming_visible(const StreamingParams& s, int64_t p, int64
   return j <= p && (j < s.sink_tokens || p - j < s.window_tokens);
 }
 
+SA_ABI_END
 }  // namespace sparse_attn

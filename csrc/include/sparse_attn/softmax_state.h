@@ -6,6 +6,7 @@
 #include "sparse_attn/macros.h"
 
 namespace sparse_attn {
+SA_ABI_BEGIN
 
 struct SoftmaxRowState {
   float max;
@@ -46,4 +47,5 @@ SA_HOST_DEVICE MergeFactors merge_into(SoftmaxRowState& a, const SoftmaxRowState
   return {fa, fb};
 }
 
+SA_ABI_END
 }  // namespace sparse_attn
