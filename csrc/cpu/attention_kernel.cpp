@@ -37,7 +37,7 @@ namespace {
 constexpr int64_t kChunk = 64;      // keys per packed K chunk (brgemm N for S = Q K^T)
 constexpr int64_t kTileChunks = 4;  // chunks per softmax tile
 constexpr int64_t kTileKeys = kTileChunks * kChunk;
-constexpr int64_t kDimChunk = 64;   // head_dim columns per packed V chunk (brgemm N for P V)
+constexpr int64_t kDimChunk = 128;  // head_dim columns per packed V chunk (brgemm N for P V)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
