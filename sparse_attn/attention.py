@@ -5,6 +5,7 @@ from typing import Optional, Union
 
 import torch
 
+from . import _C
 from ._ops import ops
 from .masks import BlockSparseMask
 
@@ -33,6 +34,14 @@ def _check_inputs(q, k, v, out, op: str):
                 f"{op}: out must match q (shape {tuple(q.shape)}, {q.dtype}, {q.device}), got "
                 f"shape {tuple(out.shape)}, {out.dtype}, {out.device}"
             )
+
+
+def _new_out(q: torch.Tensor) -> torch.Tensor:
+    """Output buffer when the caller passed none: huge-page backed for large CPU outputs
+    (see empty_output in csrc/bindings.cpp); plain torch.empty while tracing."""
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        return _C.empty_output(q)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
@@ -145,7 +154,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             )
         mask = _flex_to_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1], causal)
     if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        out = _new_out(q)
     bq, bk = mask.block_size
     lse = ops.block_sparse_attention(q, k, v, out, mask.counts, mask.indices, mask.full_counts,
                                      mask.full_indices, bq, bk, causal, _scale(q, scale), validate)
@@ -173,6 +182,6 @@ def streaming_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, si
         if not isinstance(val, int) or isinstance(val, bool) or val < 0:
             raise ValueError(f"streaming_attention: {name} must be an int >= 0, got {val!r}")
     if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        out = _new_out(q)
     lse = ops.streaming_attention(q, k, v, out, sink_tokens, window_tokens, _scale(q, scale))
     return (out, lse) if return_lse else out
