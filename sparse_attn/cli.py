@@ -44,6 +44,10 @@ def _bench(args) -> int:
     machine = machine_info()
     rows, meta = suite.run(cfg)
     print(suite.format_table(rows))
+    busy = [b for b in (meta.get("other_cpu_busy_start"), meta.get("other_cpu_busy_end")) if b is not None]
+    if busy and max(busy) > 0.15:
+        print(f"warning: other processes kept {max(busy):.0%} of the CPU busy around this run; "
+              "timings are inflated and noisy, rerun on an idle machine")
     if not args.no_json:
         meta = dict(meta, machine=machine, quick=args.quick)
         path = write_results(args.op, rows, meta, args.out)

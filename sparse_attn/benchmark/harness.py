@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["time_fn", "time_interleaved", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
+__all__ = ["time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
 
 
 def _sync(device: str | None) -> None:
@@ -114,6 +114,30 @@ def time_interleaved(fns: Mapping[str, tuple[Callable[..., Any], Sequence[Sequen
                 one(name, True)
     return {name: ({"error": errors[name]} if name in errors
                    else _stats(times[name], warmup, repeats, len(fns[name][1]))) for name in fns}
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    line = _read_text("/proc/stat").split("\n", 1)[0].split()
+    if not line or line[0] != "cpu":
+        return None
+    vals = [int(x) for x in line[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals[:8]), idle
+
+
+def cpu_busy_fraction(interval: float = 0.5) -> float | None:
+    """Fraction of all cores busy over ``interval`` seconds (from /proc/stat; None elsewhere).
+
+    Called while this process is idle, it shows load from other processes: a test run or
+    compile job on one of two cores reads ~0.5 to 1 and roughly doubles every timing.
+    """
+    a = _cpu_times()
+    if a is None:
+        return None
+    time.sleep(interval)
+    b = _cpu_times()
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return None if total <= 0 else max(0.0, 1.0 - idle / total)
 
 
 def _read_text(path: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import read_bandwidth_gbs, time_interleaved
+from .harness import cpu_busy_fraction, read_bandwidth_gbs, time_interleaved
 
 RATIO_TARGET = 1.25  # ours / (density * dense) at most this
 SPEEDUP_TARGET = 1.0  # flex / ours above this
@@ -238,6 +238,7 @@ def run(cfg: PrefillConfig, log: Callable[[str], None] | None = None) -> tuple[l
         log(f"[prefill] read bandwidth {meta['read_bandwidth_gbs']:.1f} GB/s")
 
     meta["loadavg_start"] = _loadavg()
+    meta["other_cpu_busy_start"] = cpu_busy_fraction()
     rows: list[dict] = []
     with _dynamo_settings():
         for dname in cfg.dtypes:
@@ -246,6 +247,7 @@ def run(cfg: PrefillConfig, log: Callable[[str], None] | None = None) -> tuple[l
                 rows += _run_group(cfg, sa, streaming_mask, gqa, dname, dtype, S, log)
                 gc.collect()
     meta["loadavg_end"] = _loadavg()
+    meta["other_cpu_busy_end"] = cpu_busy_fraction()
     return rows, meta
 
 
