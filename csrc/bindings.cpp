@@ -5,10 +5,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
-#include <torch/python.h>  // pybind11 casters for at::Tensor (empty_output)
 #include <torch/library.h>
-
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -158,23 +155,6 @@ at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, 
   return lse;
 }
 
-// Output buffer for a CPU call that was given no `out`. Large outputs are first touched
-// by our kernel, and with 4 KB pages that is one fault per page (a 67 MB output at 8k
-// tokens cost ~15 ms, as much as the attention itself at 10% density). A 2 MB-aligned
-// block with MADV_HUGEPAGE faults in 2 MB at a time. The tensor owns the block.
-at::Tensor empty_output(const at::Tensor& q) {
-  constexpr size_t kHuge = size_t(2) << 20;
-  const size_t bytes = static_cast<size_t>(q.numel()) * q.element_size();
-  if (!q.device().is_cpu() || bytes < 2 * kHuge) return at::empty(q.sizes(), q.options());
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* p = std::aligned_alloc(kHuge, rounded);
-  TORCH_CHECK(p != nullptr, "sparse_attn: out of memory allocating ", rounded, " bytes for the output");
-#ifdef MADV_HUGEPAGE
-  madvise(p, rounded, MADV_HUGEPAGE);  // a hint: without THP it is ignored
-#endif
-  return at::from_blob(p, q.sizes(), [](void* ptr) { std::free(ptr); }, q.options());
-}
-
 at::Tensor streaming_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                                    int64_t sink_tokens, int64_t window_tokens, double scale) {
   auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
@@ -209,8 +189,6 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "sparse_attn compiled engines (ops are registered under torch.ops.sparse_attn)";
   mod.attr("__version__") = SPARSE_ATTN_VERSION;
-  mod.def("empty_output", &sparse_attn::empty_output,
-          "uninitialized tensor shaped like q for an op's output (2 MB pages when large)");
   mod.def("release_workspace", &sparse_attn::cpu::release_workspace,
           "free the calling thread's packed K/V workspace (kept between calls to avoid page faults)");
   mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");

@@ -5,7 +5,6 @@ from typing import Optional, Union
 
 import torch
 
-from . import _C
 from ._ops import ops
 from .masks import BlockSparseMask
 
@@ -37,10 +36,9 @@ def _check_inputs(q, k, v, out, op: str):
 
 
 def _new_out(q: torch.Tensor) -> torch.Tensor:
-    """Output buffer when the caller passed none: huge-page backed for large CPU outputs
-    (see empty_output in csrc/bindings.cpp); plain torch.empty while tracing."""
-    if q.device.type == "cpu" and not torch.compiler.is_compiling():
-        return _C.empty_output(q)
+    """Output buffer when the caller passed none. (A huge-page backed buffer halved the page
+    faults of a fresh output but made call times erratic: with THP defrag on madvise each
+    new 2 MB page may compact memory first. Pass `out=` to avoid the faults entirely.)"""
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
