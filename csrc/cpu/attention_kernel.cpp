@@ -75,17 +75,12 @@ struct StreamingSpans {
 //    chunk j of width w_j as [Skpad/2][w_j][2]. Keys past seqlen_k are zero.
 //  float: K chunk c as [D][64] (K^T); V read in place for fp32 inputs, else converted to
 //    a contiguous float [Skpad][D] per (batch, kv head).
-template <typename T>
-struct Span1d {  // a pointer with the vector-like bits the kernel uses
-  T* ptr = nullptr;
-  T* data() const { return ptr; }
-};
-
 template <typename scalar_t, bool kVnni>
 struct PackedKV {
   using pack_t = std::conditional_t<kVnni, scalar_t, float>;
   int64_t nchunks = 0, skpad = 0, D = 0;
-  Span1d<pack_t> k, v;
+  pack_t* k = nullptr;  // packed K of every (batch, kv head), in the thread's scratch
+  pack_t* v = nullptr;  // packed or converted V; null when V is read in place
   const float* v_inplace = nullptr;  // fp32 inputs: V itself
   int64_t v_ld = 0;                  // row stride of V as read by P V
   int64_t v_head_stride[2] = {0, 0};  // batch, head strides of the V that is read
@@ -95,7 +90,7 @@ struct PackedKV {
     nchunks = ceil_div(p.seqlen_k, kChunk);
     skpad = nchunks * kChunk;
     const int64_t BG = p.batch * p.heads_kv;
-    k.ptr = scratch<pack_t>(0, BG * skpad * D);
+    k = scratch<pack_t>(0, BG * skpad * D);
     constexpr bool kInplaceV = !kVnni && std::is_same_v<scalar_t, float>;
     if (kInplaceV) {
       v_inplace = static_cast<const float*>(p.v);
@@ -103,7 +98,7 @@ struct PackedKV {
       v_head_stride[0] = p.v_stride[0];
       v_head_stride[1] = p.v_stride[2];
     } else {
-      v.ptr = scratch<pack_t>(1, BG * skpad * D);
+      v = scratch<pack_t>(1, BG * skpad * D);
       v_ld = D;
       v_head_stride[0] = p.heads_kv * skpad * D;
       v_head_stride[1] = skpad * D;
@@ -120,9 +115,9 @@ struct PackedKV {
         const int64_t t0 = c * kChunk, nt = std::min(kChunk, p.seqlen_k - t0);
         const scalar_t* ksrc = K + b * p.k_stride[0] + g * p.k_stride[2] + t0 * p.k_stride[1];
         const scalar_t* vsrc = V + b * p.v_stride[0] + g * p.v_stride[2] + t0 * p.v_stride[1];
-        pack_t* kdst = k.data() + (bg * nchunks + c) * kChunk * D;
+        pack_t* kdst = k + (bg * nchunks + c) * kChunk * D;
         pack_k_chunk(ksrc, p.k_stride[1], nt, kdst);
-        if (!kInplaceV) pack_v_chunk(vsrc, p.v_stride[1], t0, nt, v.data() + bg * skpad * D);
+        if (!kInplaceV) pack_v_chunk(vsrc, p.v_stride[1], t0, nt, v + bg * skpad * D);
       }
     });
   }
@@ -337,14 +332,14 @@ void run_attention(const AttentionParams& p, const Spans& spans) {
       const int64_t q0 = m * BQ, rows = std::min(BQ, p.seqlen_q - q0);
       if (rows <= 0) continue;
       const int64_t bg = b * p.heads_kv + g;
-      const pack_t* kbase = kv.k.data() + bg * kv.nchunks * kChunk * D;
+      const pack_t* kbase = kv.k + bg * kv.nchunks * kChunk * D;
       const pack_t* vhead = nullptr;  // packed V (kVnni)
       const float* vplain = nullptr;   // row-major float V: the caller's or a converted copy
       if constexpr (kVnni) {
-        vhead = kv.v.data() + bg * kv.skpad * D;
+        vhead = kv.v + bg * kv.skpad * D;
       } else {
         vplain = kv.v_inplace ? kv.v_inplace + b * kv.v_head_stride[0] + g * kv.v_head_stride[1]
-                              : kv.v.data() + bg * kv.skpad * D;
+                              : kv.v + bg * kv.skpad * D;
       }
       // Keys past the tile's last visible key are never needed (rounded up to a chunk).
       const int64_t key_limit = std::min(p.seqlen_k, ceil_div(geo.key_end(q0 + rows - 1), kChunk) * kChunk);

@@ -45,8 +45,7 @@ inline std::string check_block_list(const char* counts_name, const char* indices
           if (full_geo != nullptr) {  // a "full" block must need no causal element mask
             const int64_t q_first = m * p.block_q;
             const int64_t k_end = (n + 1) * p.block_k;
-            if (q_first < full_geo->seqlen_q &&
-                !full_geo->tile_fully_visible(q_first, k_end < full_geo->seqlen_k ? k_end : full_geo->seqlen_k)) {
+            if (!full_geo->tile_fully_visible(q_first, k_end < full_geo->seqlen_k ? k_end : full_geo->seqlen_k)) {
               e << indices_name << where.str() << " lists key block " << n
                 << ", which is not fully visible under the causal mask; put it in the partial list";
               return e.str();
