@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "cpu/attention_kernel.h"
 #include "sparse_attn/causal.h"
@@ -168,6 +169,85 @@ at::Tensor streaming_attention_cpu(const at::Tensor& q, const at::Tensor& k, con
   return lse;
 }
 
+// A vertical-slash list [Bv, Hv, N] (contiguous last dim) and its counts [Bv, Hv], both
+// int32, Bv in {1, batch}, Hv in {1, heads}.
+void fill_vs_list(const at::Tensor& list, const at::Tensor& count, const char* lname, const char* cname,
+                  int64_t batch, int64_t heads, const at::Device& device, const int32_t*& lptr, int64_t* lstride,
+                  const int32_t*& cptr, int64_t* cstride, int64_t& capacity) {
+  TORCH_CHECK_VALUE(list.scalar_type() == at::kInt, lname, " must be int32, got ", list.scalar_type());
+  TORCH_CHECK_VALUE(count.scalar_type() == at::kInt, cname, " must be int32, got ", count.scalar_type());
+  TORCH_CHECK_VALUE(list.dim() == 3, lname, " must be [batch, heads, n], got shape ", list.sizes());
+  TORCH_CHECK_VALUE(count.dim() == 2 && count.size(0) == list.size(0) && count.size(1) == list.size(1), cname,
+                    " must be [", list.size(0), ", ", list.size(1), "] to match ", lname, ", got shape ",
+                    count.sizes());
+  TORCH_CHECK_VALUE(list.device() == device && count.device() == device, lname, " and ", cname,
+                    " must be on device ", device);
+  TORCH_CHECK_VALUE(list.size(0) == 1 || list.size(0) == batch, lname, "'s batch dimension must be 1 or ", batch,
+                    ", got shape ", list.sizes());
+  TORCH_CHECK_VALUE(list.size(1) == 1 || list.size(1) == heads, lname, "'s head dimension must be 1 or ", heads,
+                    ", got shape ", list.sizes());
+  TORCH_CHECK_VALUE(list.size(2) <= 1 || list.stride(2) == 1, lname, " must have a contiguous last dimension");
+  lptr = list.data_ptr<int32_t>();
+  cptr = count.data_ptr<int32_t>();
+  for (int i = 0; i < 2; ++i) {
+    lstride[i] = list.size(i) == 1 ? 0 : list.stride(i);
+    cstride[i] = count.size(i) == 1 ? 0 : count.stride(i);
+  }
+  capacity = list.size(2);
+}
+
+VerticalSlashParams make_vs_params(const at::Tensor& vertical, const at::Tensor& vertical_count,
+                                   const at::Tensor& slash, const at::Tensor& slash_count, int64_t batch,
+                                   int64_t heads, const at::Device& device) {
+  VerticalSlashParams vs;
+  fill_vs_list(vertical, vertical_count, "vertical", "vertical_count", batch, heads, device, vs.vertical,
+               vs.vertical_stride, vs.vertical_count, vs.vertical_count_stride, vs.max_vertical);
+  fill_vs_list(slash, slash_count, "slash", "slash_count", batch, heads, device, vs.slash, vs.slash_stride,
+               vs.slash_count, vs.slash_count_stride, vs.max_slash);
+  return vs;
+}
+
+at::Tensor vertical_slash_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        at::Tensor& out, const at::Tensor& vertical, const at::Tensor& vertical_count,
+                                        const at::Tensor& slash, const at::Tensor& slash_count, bool causal,
+                                        double scale) {
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
+  VerticalSlashParams vs =
+      make_vs_params(vertical, vertical_count, slash, slash_count, p.batch, p.heads_q, q.device());
+  if (q.numel() > 0) cpu::vertical_slash_forward(p, vs);
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_cpu(
+    const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+    const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size) {
+  TORCH_CHECK_VALUE(seqlen_q >= 0 && seqlen_k >= 0, "seqlen_q and seqlen_k must be >= 0, got ", seqlen_q, ", ",
+                    seqlen_k);
+  TORCH_CHECK_VALUE(block_size >= 1 && block_size <= (1 << 20), "block_size must be in [1, 2^20], got ",
+                    block_size);
+  TORCH_CHECK_VALUE(vertical.dim() == 3 && slash.dim() == 3, "vertical and slash must be [batch, heads, n], got ",
+                    vertical.sizes(), " and ", slash.sizes());
+  const int64_t batch = std::max(vertical.size(0), slash.size(0)), heads = std::max(vertical.size(1), slash.size(1));
+  VerticalSlashParams vs =
+      make_vs_params(vertical, vertical_count, slash, slash_count, batch, heads, vertical.device());
+  const int64_t mb = (seqlen_q + block_size - 1) / block_size;
+  VerticalSlashIndex idx;
+  idx.max_blocks = std::min<int64_t>(2 * (vs.max_slash + 1), (seqlen_k + block_size - 1) / block_size);
+  idx.max_columns = vs.max_vertical;
+  auto opts = vertical.options().dtype(at::kInt);
+  at::Tensor block_count = at::empty({batch, heads, mb}, opts);
+  at::Tensor block_offset = at::empty({batch, heads, mb, idx.max_blocks}, opts);
+  at::Tensor column_count = at::empty({batch, heads, mb}, opts);
+  at::Tensor column_index = at::empty({batch, heads, mb, idx.max_columns}, opts);
+  idx.block_count = block_count.data_ptr<int32_t>();
+  idx.block_offset = block_offset.data_ptr<int32_t>();
+  idx.column_count = column_count.data_ptr<int32_t>();
+  idx.column_index = column_index.data_ptr<int32_t>();
+  if (batch * heads * mb > 0) cpu::vertical_slash_index(vs, batch, heads, seqlen_q, seqlen_k, block_size, idx);
+  return {block_count, block_offset, column_count, column_index};
+}
+
 }  // namespace
 }  // namespace sparse_attn
 
@@ -179,11 +259,19 @@ TORCH_LIBRARY(sparse_attn, m) {
   m.def(
       "streaming_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) out, int sink_tokens, int window_tokens, "
       "float scale) -> Tensor");
+  m.def(
+      "vertical_slash_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor vertical, "
+      "Tensor vertical_count, Tensor slash, Tensor slash_count, bool causal, float scale) -> Tensor");
+  m.def(
+      "vertical_slash_index(Tensor vertical, Tensor vertical_count, Tensor slash, Tensor slash_count, "
+      "int seqlen_q, int seqlen_k, int block_size) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("block_sparse_attention", &sparse_attn::block_sparse_attention_cpu);
   m.impl("streaming_attention", &sparse_attn::streaming_attention_cpu);
+  m.impl("vertical_slash_attention", &sparse_attn::vertical_slash_attention_cpu);
+  m.impl("vertical_slash_index", &sparse_attn::vertical_slash_index_cpu);
 }
 
 PYBIND11_MODULE(_C, mod) {

@@ -20,3 +20,19 @@ def _block_sparse_attention_fake(q, k, v, out, counts, indices, full_counts, ful
 @torch.library.register_fake("sparse_attn::streaming_attention")
 def _streaming_attention_fake(q, k, v, out, sink_tokens, window_tokens, scale):
     return _lse_like(q)
+
+
+@torch.library.register_fake("sparse_attn::vertical_slash_attention")
+def _vertical_slash_attention_fake(q, k, v, out, vertical, vertical_count, slash, slash_count, causal, scale):
+    return _lse_like(q)
+
+
+@torch.library.register_fake("sparse_attn::vertical_slash_index")
+def _vertical_slash_index_fake(vertical, vertical_count, slash, slash_count, seqlen_q, seqlen_k, block_size):
+    batch = max(vertical.shape[0], slash.shape[0])
+    heads = max(vertical.shape[1], slash.shape[1])
+    mb = -(-seqlen_q // block_size)
+    max_blocks = min(2 * (slash.shape[2] + 1), -(-seqlen_k // block_size))
+    new = lambda *shape: vertical.new_empty(shape, dtype=torch.int32)  # noqa: E731
+    return (new(batch, heads, mb), new(batch, heads, mb, max_blocks), new(batch, heads, mb),
+            new(batch, heads, mb, vertical.shape[2]))

@@ -196,12 +196,14 @@ def streaming_attention(q, k, v, *, sink_tokens, window_tokens, scale=None, retu
 # --------------------------------------------------------------------------- vertical-slash
 
 
-def vertical_slash_dense_mask(vertical, slash, seqlen_q, seqlen_k) -> torch.Tensor:
+def vertical_slash_dense_mask(vertical, slash, seqlen_q, seqlen_k, *, causal=True,
+                              main_diagonal=True) -> torch.Tensor:
     """Dense bool ``[B, H, Sq, Sk]`` of a vertical-slash pattern.
 
     ``vertical int [B, H, NV]`` are key positions, ``slash int [B, H, NS]`` diagonal offsets
-    (0 = main diagonal). The query at key position p attends key j iff ``j <= p`` and
-    (j is in ``vertical[b, h]`` or ``p - j`` is in ``slash[b, h]``). Out-of-range or negative
+    (0 = main diagonal). The query at key position p attends key j iff j is in
+    ``vertical[b, h]`` or ``p - j`` is in ``slash[b, h]`` (or is 0, with ``main_diagonal``,
+    as the op always adds it), and ``j <= p`` when ``causal``. Out-of-range or negative
     values match nothing (so they can serve as padding).
     """
     if vertical.dim() != 3 or slash.dim() != 3 or vertical.shape[:2] != slash.shape[:2]:
@@ -217,16 +219,19 @@ def vertical_slash_dense_mask(vertical, slash, seqlen_q, seqlen_k) -> torch.Tens
     diagonal = p - j                                                             # [Sq, Sk]
     for s in range(slash.shape[2]):
         mask |= diagonal[None, None] == slash.long()[:, :, s, None, None]
-    return mask & (j <= p)
+    if main_diagonal:
+        mask |= diagonal[None, None] == 0
+    return mask & (j <= p) if causal else mask
 
 
-def vertical_slash_attention(q, k, v, vertical, slash, *, scale=None, return_lse=False):
-    """Vertical-slash attention: :func:`attention` under :func:`vertical_slash_dense_mask`.
+def vertical_slash_attention(q, k, v, vertical, slash, *, causal=True, scale=None, return_lse=False):
+    """Vertical-slash attention: :func:`attention` under :func:`vertical_slash_dense_mask`
+    (main diagonal included, as the op does).
 
     ``vertical``/``slash`` are per query head (``H == Hq``, or 1 to broadcast).
     """
     _check_qkv(q, k, v)
-    mask = vertical_slash_dense_mask(vertical, slash, q.shape[1], k.shape[1])
+    mask = vertical_slash_dense_mask(vertical, slash, q.shape[1], k.shape[1], causal=causal)
     return attention(q, k, v, mask.to(q.device), scale=scale, return_lse=return_lse)
 
 

@@ -330,23 +330,27 @@ def test_streaming_attention_vs_loop():
 # --------------------------------------------------------------------------- vertical-slash
 
 
+@pytest.mark.parametrize("main_diagonal", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("Sq,Sk", [(33, 33), (10, 41)])
-def test_vertical_slash_mask_vs_loop(Sq, Sk):
+def test_vertical_slash_mask_vs_loop(Sq, Sk, causal, main_diagonal):
     g = gen(15 + Sq)
     B, H, NV, NS = 2, 3, 5, 4
     # include out-of-range values (-3, Sk + 2, huge offsets) that must match nothing
     vertical = torch.randint(-3, Sk + 3, (B, H, NV), generator=g, dtype=torch.int32)
     slash = torch.randint(-4, Sk + 3, (B, H, NS), generator=g, dtype=torch.int32)
     slash[0, 0, 0] = 0
-    got = ref.vertical_slash_dense_mask(vertical, slash, Sq, Sk)
+    got = ref.vertical_slash_dense_mask(vertical, slash, Sq, Sk, causal=causal, main_diagonal=main_diagonal)
     assert got.dtype == torch.bool and got.shape == (B, H, Sq, Sk)
     for b in range(B):
         for h in range(H):
             vs, ss = set(vertical[b, h].tolist()), set(slash[b, h].tolist())
+            if main_diagonal:
+                ss.add(0)
             for i in range(Sq):
                 p = Sk - Sq + i
                 for j in range(Sk):
-                    assert bool(got[b, h, i, j]) == (j <= p and (j in vs or p - j in ss))
+                    assert bool(got[b, h, i, j]) == ((j <= p or not causal) and (j in vs or p - j in ss))
 
 
 def test_vertical_slash_attention_vs_loop():
@@ -359,7 +363,7 @@ def test_vertical_slash_attention_vs_loop():
 
     def allowed(b, h, i, j):
         p = Sk - Sq + i
-        return j <= p and (j in vertical[b, h].tolist() or p - j in slash[b, h].tolist())
+        return j <= p and (j in vertical[b, h].tolist() or p - j in slash[b, h].tolist() or p == j)
 
     want, want_lse = loop_attention(q, k, v, allowed, D ** -0.5)
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)

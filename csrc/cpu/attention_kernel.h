@@ -1,5 +1,6 @@
-// CPU engine entry points. attention_kernel.cpp is compiled once per instruction set
-// (namespaces DEFAULT and AVX512); dispatch.cpp picks one at run time.
+// CPU engine entry points. The kernel files (attention_kernel.cpp, vertical_slash_kernel.cpp)
+// are compiled once per instruction set (namespaces DEFAULT and AVX512); dispatch.cpp picks
+// one at run time.
 #pragma once
 #include "sparse_attn/params.h"
 
@@ -9,6 +10,9 @@ namespace sparse_attn::cpu {
   namespace NS {                                                                       \
   void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask); \
   void streaming_forward(const AttentionParams& p, const StreamingParams& s);         \
+  void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams& vs); \
+  void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q, \
+                            int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out);         \
   void release_workspace();                                                           \
   }
 SA_DECLARE_CPU_KERNELS(DEFAULT)
@@ -18,6 +22,10 @@ SA_DECLARE_CPU_KERNELS(AVX512)
 // Run-time dispatch (dispatch.cpp).
 void block_sparse_forward(const AttentionParams& p, const BlockSparseParams& mask);
 void streaming_forward(const AttentionParams& p, const StreamingParams& s);
+void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams& vs);
+// The per-query-block key blocks + columns of a vertical-slash pattern (causal).
+void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
+                          int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out);
 // Frees the calling thread's packed-K/V workspace (it is kept between calls otherwise).
 void release_workspace();
 // Which kernel build and tile path the dispatcher uses on this CPU.

@@ -30,6 +30,19 @@ void streaming_forward(const AttentionParams& p, const StreamingParams& s) {
   return DEFAULT::streaming_forward(p, s);
 }
 
+void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams& vs) {
+#if SA_HAVE_AVX512_BUILD
+  if (cpu_has_avx512()) return AVX512::vertical_slash_forward(p, vs);
+#endif
+  return DEFAULT::vertical_slash_forward(p, vs);
+}
+
+void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
+                          int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out) {
+  // Integer code only: the generic build is as fast.
+  DEFAULT::vertical_slash_index(vs, batch, heads, seqlen_q, seqlen_k, block_size, out);
+}
+
 void release_workspace() {
   DEFAULT::release_workspace();
 #if SA_HAVE_AVX512_BUILD

@@ -271,6 +271,58 @@ inline float exp_store(const float* s, int64_t x0, int64_t x1, float scale, floa
 #endif
 }
 
+// The same two passes over 64 scores under a bit mask (bit t set: score t is visible), for
+// element masks that are not intervals (vertical-slash). Masked-off entries of p get 0.
+inline float row_max_bits(const float* s, uint64_t bits, float m) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 acc = _mm512_set1_ps(m);
+  for (int q = 0; q < 4; ++q)
+    acc = _mm512_mask_max_ps(acc, static_cast<__mmask16>(bits >> (16 * q)), acc, _mm512_loadu_ps(s + 16 * q));
+  return _mm512_reduce_max_ps(acc);
+#else
+  for (int t = 0; t < 64; ++t)
+    if ((bits >> t) & 1) m = std::max(m, s[t]);
+  return m;
+#endif
+}
+
+template <typename out_t>
+inline float exp_store_bits(const float* s, uint64_t bits, float scale, float m, out_t* p) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+  constexpr float kLog2e = 1.4426950408889634f;
+  const __m512 vs = _mm512_set1_ps(scale * kLog2e), vm = _mm512_set1_ps(-m * kLog2e);
+  __m512 sum = _mm512_setzero_ps();
+  for (int q = 0; q < 4; q += 2) {
+    // Masked-off lanes may hold scores above m (exp overflows to inf): zeroed by the mask.
+    const __m512 e0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(bits >> (16 * q)),
+                                          exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * q), vs, vm)));
+    const __m512 e1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(bits >> (16 * q + 16)),
+                                          exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * q + 16), vs, vm)));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+    if constexpr (std::is_same_v<out_t, float>) {
+      _mm512_storeu_ps(p + 16 * q, e0);
+      _mm512_storeu_ps(p + 16 * q + 16, e1);
+    } else {
+      at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(p + 16 * q);
+    }
+  }
+  return _mm512_reduce_add_ps(sum);
+#else
+  float sum = 0.f;
+  for (int t = 0; t < 64; ++t) {
+    const float e = (bits >> t) & 1 ? std::exp(s[t] * scale - m) : 0.f;
+    p[t] = static_cast<out_t>(e);
+    sum += e;
+  }
+  return sum;
+#endif
+}
+
+// Bits [0, n) set, n clamped to [0, 64].
+inline uint64_t low_bits(int64_t n) {
+  return n <= 0 ? 0 : n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1;
+}
+
 // All-zero bits are 0.0 in float, bf16 and fp16.
 template <typename T>
 inline void fill_zero(T* p, int64_t x0, int64_t x1) {

@@ -52,4 +52,33 @@ struct StreamingParams {
   int64_t window_tokens = 0;
 };
 
+// Vertical-slash pattern (vertical_slash.h), per (batch, query head): ascending,
+// duplicate-free key columns vertical[b, h, :vertical_count[b, h]] and diagonal offsets
+// slash[b, h, :slash_count[b, h]] (the main diagonal is always added). Lists [Bv, Hv, N]
+// with Bv/Hv of 1 broadcasting (stride 0), counts [Bv, Hv].
+struct VerticalSlashParams {
+  const int32_t* vertical = nullptr;
+  const int32_t* vertical_count = nullptr;
+  const int32_t* slash = nullptr;
+  const int32_t* slash_count = nullptr;
+  int64_t vertical_stride[2] = {0, 0};  // b, h (the list itself is contiguous)
+  int64_t vertical_count_stride[2] = {0, 0};
+  int64_t slash_stride[2] = {0, 0};
+  int64_t slash_count_stride[2] = {0, 0};
+  int64_t max_vertical = 0;  // capacity of the lists' last dimension
+  int64_t max_slash = 0;
+};
+
+// Output of the vertical-slash index conversion, contiguous: block_count/column_count
+// [B, H, MB], block_offset [B, H, MB, max_blocks] (first key of each listed key block),
+// column_index [B, H, MB, max_columns].
+struct VerticalSlashIndex {
+  int32_t* block_count = nullptr;
+  int32_t* block_offset = nullptr;
+  int32_t* column_count = nullptr;
+  int32_t* column_index = nullptr;
+  int64_t max_blocks = 0;
+  int64_t max_columns = 0;
+};
+
 }  // namespace sparse_attn

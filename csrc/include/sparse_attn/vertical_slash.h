@@ -1,0 +1,144 @@
+// Vertical-slash patterns (MInference): per query head, a set of key columns ("vertical")
+// and a set of diagonals ("slash", offset s = p - j, 0 = main diagonal). The query at key
+// position p attends key j iff j <= p and (j is a column or p - j is an offset), and the
+// main diagonal is always attended, so no row is ever left without keys.
+//
+// Both engines walk a query block's keys as (1) whole key blocks, aligned at multiples of
+// block_k, that some diagonal crosses inside the block, plus (2) the columns that fall in
+// no such block. Inside (1) the exact element mask comes from two bitsets (VSBits), so the
+// blocks may safely over-cover. Torch-free; the CUDA engine uses the same functions.
+//
+// Input lists are per (batch, head), ascending and duplicate free (sparse_attn normalizes
+// them in Python). The functions still read only inside [0, n) and skip entries that are
+// negative, out of order or repeated, so unnormalized input cannot read out of bounds.
+#pragma once
+#include <cstdint>
+#include "sparse_attn/macros.h"
+#include "sparse_attn/params.h"
+
+namespace sparse_attn {
+SA_ABI_BEGIN
+
+// The column and offset lists of (b, h), counts clamped to [0, capacity].
+SA_HOST_DEVICE const int32_t* vs_vertical_row(const VerticalSlashParams& p, int64_t b, int64_t h, int64_t* n) {
+  const int64_t c = p.vertical_count[b * p.vertical_count_stride[0] + h * p.vertical_count_stride[1]];
+  *n = c < 0 ? 0 : (c > p.max_vertical ? p.max_vertical : c);
+  return p.vertical + b * p.vertical_stride[0] + h * p.vertical_stride[1];
+}
+SA_HOST_DEVICE const int32_t* vs_slash_row(const VerticalSlashParams& p, int64_t b, int64_t h, int64_t* n) {
+  const int64_t c = p.slash_count[b * p.slash_count_stride[0] + h * p.slash_count_stride[1]];
+  *n = c < 0 ? 0 : (c > p.max_slash ? p.max_slash : c);
+  return p.slash + b * p.slash_stride[0] + h * p.slash_stride[1];
+}
+
+// Key blocks [n * block_k, (n + 1) * block_k) crossed by a diagonal of {0} U slash[0, ns)
+// at some key position of [p0, p1) (the query block; p1 <= seqlen_k). Writes the block ids
+// ascending to `out` (room for min(2 * (ns + 1), ceil(seqlen_k / block_k)) entries) and
+// returns how many.
+SA_HOST_DEVICE int64_t vs_key_blocks(const int32_t* slash, int64_t ns, int64_t p0, int64_t p1, int64_t block_k,
+                                     int32_t* out) {
+  int64_t n = 0, next = 0;  // next: the lowest block id not written yet
+  // Larger offsets reach lower keys: walking the offsets from the largest down gives
+  // key ranges in ascending order, each block written once. Index -1 is the forced 0.
+  int64_t prev = INT64_MAX;
+  for (int64_t i = ns - 1; i >= -1; --i) {
+    const int64_t s = i >= 0 ? slash[i] : 0;
+    if (s < 0 || s >= prev) continue;  // negative, repeated or out of order
+    prev = s;
+    const int64_t hi = p1 - 1 - s;  // diagonal s covers keys [p0 - s, p1 - 1 - s]
+    if (hi < 0) continue;
+    const int64_t lo = p0 - s < 0 ? 0 : p0 - s;
+    int64_t first = lo / block_k;
+    if (first < next) first = next;
+    for (int64_t blk = first; blk <= hi / block_k; ++blk) out[n++] = static_cast<int32_t>(blk);
+    if (hi / block_k + 1 > next) next = hi / block_k + 1;
+  }
+  return n;
+}
+
+// Columns of vertical[0, nv) below key_limit (p1 under a causal mask, else seqlen_k) that
+// lie in none of the ascending key blocks blocks[0, nb). Written ascending; returns how many.
+SA_HOST_DEVICE int64_t vs_columns(const int32_t* vertical, int64_t nv, int64_t key_limit, const int32_t* blocks,
+                                  int64_t nb, int64_t block_k, int32_t* out) {
+  int64_t n = 0, b = 0, prev = -1;
+  for (int64_t i = 0; i < nv; ++i) {
+    const int64_t j = vertical[i];
+    if (j <= prev) continue;  // negative, repeated or out of order
+    if (j >= key_limit) break;
+    prev = j;
+    while (b < nb && (int64_t(blocks[b]) + 1) * block_k <= j) ++b;
+    if (b < nb && int64_t(blocks[b]) * block_k <= j) continue;  // inside a listed block
+    out[n++] = static_cast<int32_t>(j);
+  }
+  return n;
+}
+
+// Bitsets of one (batch, head) for the element mask inside key blocks:
+//  - cols: bit j set iff key j is a column;
+//  - diag: bit (seqlen_k - 1 - s) set iff s is an offset (0 always), so the offsets that
+//    row p meets at keys k0 .. k0 + 63 are the 64 bits from seqlen_k - 1 - p + k0 up.
+// Each holds words(seqlen_k) 64-bit words; the spare words stay zero so reads near the
+// end never leave the buffer.
+struct VSBits {
+  const uint64_t* cols;
+  const uint64_t* diag;
+  int64_t seqlen_k;
+
+  SA_HOST_DEVICE static int64_t words(int64_t seqlen_k) { return (seqlen_k + 63) / 64 + 2; }
+
+  // 64 bits of `w` starting at bit `pos` (0 <= pos < 64 * (words - 1)).
+  SA_HOST_DEVICE static uint64_t extract(const uint64_t* w, int64_t pos) {
+    const int64_t i = pos >> 6, sh = pos & 63;
+    return sh == 0 ? w[i] : (w[i] >> sh) | (w[i + 1] << (64 - sh));
+  }
+
+  // Bit t set iff key k0 + t is a column or lies on an offset of row p, before the causal
+  // and sequence-end mask (0 <= k0 < seqlen_k, 0 <= p < seqlen_k).
+  SA_HOST_DEVICE uint64_t row(int64_t p, int64_t k0) const {
+    uint64_t bits = extract(cols, k0);
+    // Key k0 + t has offset p - k0 - t, stored at diag bit pos + t. Past the buffer all
+    // offsets would be negative: no bits.
+    const int64_t pos = seqlen_k - 1 - p + k0;
+    if (pos < 64 * (words(seqlen_k) - 1)) bits |= extract(diag, pos);
+    return bits;
+  }
+
+  // True if bits [lo, hi) of w are all set (0 <= lo <= hi <= 64 * words).
+  SA_HOST_DEVICE static bool all_set(const uint64_t* w, int64_t lo, int64_t hi) {
+    for (int64_t pos = lo; pos < hi;) {
+      const int64_t i = pos >> 6, sh = pos & 63, n = (hi - pos < 64 - sh) ? hi - pos : 64 - sh;
+      const uint64_t want = (n == 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1)) << sh;
+      if ((w[i] & want) != want) return false;
+      pos += n;
+    }
+    return true;
+  }
+
+  // True if every key of [k0, k0 + 64) is a column or on an offset of every key position
+  // p in [p0, p1) (before the causal and sequence-end mask).
+  SA_HOST_DEVICE bool chunk_full(int64_t p0, int64_t p1, int64_t k0) const {
+    if (k0 + 64 <= seqlen_k && all_set(cols, k0, k0 + 64)) return true;
+    const int64_t lo = seqlen_k - 1 - (p1 - 1) + k0, hi = seqlen_k - 1 - p0 + k0 + 64;
+    return lo >= 0 && hi <= 64 * words(seqlen_k) && all_set(diag, lo, hi);
+  }
+
+  // Fills cols/diag (each words(seqlen_k) words) from the lists; entries out of range are
+  // ignored. Host-side helper (the CUDA engine builds them with atomics instead).
+  static void build(const int32_t* vertical, int64_t nv, const int32_t* slash, int64_t ns, int64_t seqlen_k,
+                    uint64_t* cols_out, uint64_t* diag_out) {
+    const int64_t nw = words(seqlen_k);
+    for (int64_t i = 0; i < nw; ++i) cols_out[i] = diag_out[i] = 0;
+    for (int64_t i = 0; i < nv; ++i)
+      if (vertical[i] >= 0 && vertical[i] < seqlen_k) cols_out[vertical[i] >> 6] |= uint64_t(1) << (vertical[i] & 63);
+    auto set_offset = [&](int64_t s) {
+      if (s < 0 || s >= seqlen_k) return;
+      const int64_t bit = seqlen_k - 1 - s;
+      diag_out[bit >> 6] |= uint64_t(1) << (bit & 63);
+    };
+    set_offset(0);
+    for (int64_t i = 0; i < ns; ++i) set_offset(slash[i]);
+  }
+};
+
+SA_ABI_END
+}  // namespace sparse_attn
