@@ -194,6 +194,19 @@ void fill_vs_list(const at::Tensor& list, const at::Tensor& count, const char* l
     cstride[i] = count.size(i) == 1 ? 0 : count.stride(i);
   }
   capacity = list.size(2);
+  // Counts are clamped to the capacity by the kernels; entries must not be negative.
+  const auto* c = cptr;
+  const auto* l = lptr;
+  for (int64_t b = 0; b < list.size(0); ++b) {
+    for (int64_t h = 0; h < list.size(1); ++h) {
+      const int64_t n = std::min<int64_t>(std::max<int32_t>(c[b * cstride[0] + h * cstride[1]], 0), capacity);
+      for (int64_t i = 0; i < n; ++i) {
+        TORCH_CHECK_VALUE(l[b * lstride[0] + h * lstride[1] + i] >= 0, lname, " holds negative values; it must hold ",
+                          std::string(lname) == "vertical" ? "key positions"
+                                                           : "diagonal offsets (0 = main diagonal, p - j >= 0)");
+      }
+    }
+  }
 }
 
 VerticalSlashParams make_vs_params(const at::Tensor& vertical, const at::Tensor& vertical_count,

@@ -206,11 +206,13 @@ def vertical_slash_dense_mask(vertical, slash, seqlen_q, seqlen_k, *, causal=Tru
     as the op always adds it), and ``j <= p`` when ``causal``. Out-of-range or negative
     values match nothing (so they can serve as padding).
     """
-    if vertical.dim() != 3 or slash.dim() != 3 or vertical.shape[:2] != slash.shape[:2]:
+    if vertical.dim() != 3 or slash.dim() != 3:
         raise ValueError(f"vertical must be [B, H, NV] and slash [B, H, NS]; got "
                          f"{tuple(vertical.shape)} and {tuple(slash.shape)}")
+    B, H = torch.broadcast_shapes(vertical.shape[:2], slash.shape[:2])  # size-1 dims broadcast
+    vertical = vertical.expand(B, H, -1)
+    slash = slash.expand(B, H, -1)
     device = vertical.device
-    B, H = vertical.shape[:2]
     p = (seqlen_k - seqlen_q) + torch.arange(seqlen_q, device=device)[:, None]   # [Sq, 1]
     j = torch.arange(seqlen_k, device=device)[None, :]                           # [1, Sk]
     # column hit: [B, H, Sk]
