@@ -145,26 +145,14 @@ void softmax_tile_bits(const float* S, pack_t* P, int64_t rows, int64_t nc, floa
   for (int64_t r = 0; r < rows; ++r) {
     const float* s = S + r * kTileKeys;
     pack_t* prow = P + r * kTileKeys;
-    uint64_t bits[kTileChunks];
-    float raw = -INFINITY;
-    for (int64_t c = 0; c < nc; ++c) {
-      bits[c] = bits_of(r, c);
-      if (bits[c] != 0) raw = row_max_bits(s + c * kChunk, bits[c], raw);
-    }
-    if (raw == -INFINITY) {
+    uint64_t bits[kTileChunks], any = 0;
+    for (int64_t c = 0; c < nc; ++c) any |= bits[c] = bits_of(r, c);
+    if (any == 0) {  // nothing visible in this tile for this row
       fill_zero(prow, 0, nc * kChunk);
       continue;
     }
-    rescale_row(state[r], raw * scale, acc + r * D, D);
-    float sum = 0.f;
-    for (int64_t c = 0; c < nc; ++c) {
-      if (bits[c] == 0) {
-        fill_zero(prow, c * kChunk, (c + 1) * kChunk);
-      } else {
-        sum += exp_store_bits(s + c * kChunk, bits[c], scale, state[r].max, prow + c * kChunk);
-      }
-    }
-    state[r].add_sum(sum);
+    rescale_row(state[r], row_max_bits(s, bits, nc, -INFINITY) * scale, acc + r * D, D);
+    state[r].add_sum(exp_store_bits(s, bits, nc, scale, state[r].max, prow));
   }
 }
 
@@ -361,13 +349,15 @@ void run_prefill(const AttentionParams& p, const Policy& pol) {
         for (int64_t j = 0; j < nh; ++j) {
           HeadTile<pack_t>& ht = heads[j];
           if (ht.cursor < ht.nchunks) {
-            // Chunks that need an element mask (causal diagonal, window edge, sequence
-            // end, vertical-slash) go in tiles of their own, so the other tiles take the
-            // unmasked fast path.
+            // With interval masks, chunks that need an element mask (causal diagonal,
+            // window edge, sequence end) go in tiles of their own, so the other tiles take
+            // the unmasked fast path. The bit-mask path costs the same for any mix of
+            // chunks (and with vertical-slash most chunks are masked): full tiles.
             int64_t nc = 0;
             while (nc < kTileChunks && ht.cursor + nc < ht.nchunks) {
               const int64_t c0 = ht.chunks[ht.cursor + nc];
-              const bool edge = !chunk_fully_visible(pol, geo, b, ht.h, q0, q0 + rows, c0);
+              const bool edge = Policy::kMask != MaskKind::kBits &&
+                                !chunk_fully_visible(pol, geo, b, ht.h, q0, q0 + rows, c0);
               if (edge && nc > 0) break;
               ++nc;
               if (edge) break;

@@ -251,6 +251,63 @@ __attribute__((target("avx512bf16"))) inline float exp_store_bf16_native(const f
 #undef SA_STORE_BF16_NATIVE
 #undef SA_EXP_STORE_BODY
 
+// The two passes under a bit mask, over nc 64-score chunks of one tile row: bit t of
+// bits[c] set means score c * 64 + t is visible (element masks that are not intervals:
+// vertical-slash). Masked-off entries of p get exact zeros. One reduction per row.
+inline float row_max_bits_avx512(const float* s, const uint64_t* bits, int64_t nc, float m) {
+  __m512 acc0 = _mm512_set1_ps(m), acc1 = acc0;
+  for (int64_t c = 0; c < nc; ++c, s += 64) {
+    const uint64_t w = bits[c];
+    acc0 = _mm512_mask_max_ps(acc0, static_cast<__mmask16>(w), acc0, _mm512_loadu_ps(s));
+    acc1 = _mm512_mask_max_ps(acc1, static_cast<__mmask16>(w >> 16), acc1, _mm512_loadu_ps(s + 16));
+    acc0 = _mm512_mask_max_ps(acc0, static_cast<__mmask16>(w >> 32), acc0, _mm512_loadu_ps(s + 32));
+    acc1 = _mm512_mask_max_ps(acc1, static_cast<__mmask16>(w >> 48), acc1, _mm512_loadu_ps(s + 48));
+  }
+  return _mm512_reduce_max_ps(_mm512_max_ps(acc0, acc1));
+}
+
+// Masked-off lanes may hold scores above m (exp overflows to inf): zeroed by the mask.
+#define SA_EXP_STORE_BITS_BODY(STORE)                                                               \
+  constexpr float kLog2e = 1.4426950408889634f;                                                     \
+  const __m512 vs = _mm512_set1_ps(scale * kLog2e), vm = _mm512_set1_ps(-m * kLog2e);               \
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();                                    \
+  for (int64_t c = 0; c < nc; ++c) {                                                                \
+    const uint64_t w = bits[c];                                                                     \
+    for (int q = 0; q < 64; q += 32) {                                                              \
+      const float* x = s + c * 64 + q;                                                              \
+      const __m512 e0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> q),                        \
+                                            exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(x), vs, vm))); \
+      const __m512 e1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> (q + 16)),                 \
+                                            exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(x + 16), vs, vm))); \
+      sum0 = _mm512_add_ps(sum0, e0);                                                               \
+      sum1 = _mm512_add_ps(sum1, e1);                                                               \
+      STORE(p + c * 64 + q, e0, e1);                                                                \
+    }                                                                                               \
+  }                                                                                                 \
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+
+template <typename out_t>
+inline float exp_store_bits_avx512(const float* s, const uint64_t* bits, int64_t nc, float scale, float m, out_t* p) {
+  auto store = [](out_t* dst, __m512 e0, __m512 e1) {
+    if constexpr (std::is_same_v<out_t, float>) {
+      _mm512_storeu_ps(dst, e0);
+      _mm512_storeu_ps(dst + 16, e1);
+    } else {
+      at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(dst);
+    }
+  };
+  SA_EXP_STORE_BITS_BODY(store)
+}
+#define SA_STORE_BF16_NATIVE(dst, e0, e1) \
+  _mm512_storeu_si512(reinterpret_cast<void*>(dst), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)))
+__attribute__((target("avx512bf16"))) inline float exp_store_bits_bf16_native(const float* s, const uint64_t* bits,
+                                                                             int64_t nc, float scale, float m,
+                                                                             c10::BFloat16* p) {
+  SA_EXP_STORE_BITS_BODY(SA_STORE_BF16_NATIVE)
+}
+#undef SA_STORE_BF16_NATIVE
+#undef SA_EXP_STORE_BITS_BODY
+
 inline bool cpu_has_avx512_bf16() {
   static const bool ok = __builtin_cpu_supports("avx512bf16");
   return ok;
@@ -271,46 +328,29 @@ inline float exp_store(const float* s, int64_t x0, int64_t x1, float scale, floa
 #endif
 }
 
-// The same two passes over 64 scores under a bit mask (bit t set: score t is visible), for
-// element masks that are not intervals (vertical-slash). Masked-off entries of p get 0.
-inline float row_max_bits(const float* s, uint64_t bits, float m) {
-#if defined(CPU_CAPABILITY_AVX512)
-  __m512 acc = _mm512_set1_ps(m);
-  for (int q = 0; q < 4; ++q)
-    acc = _mm512_mask_max_ps(acc, static_cast<__mmask16>(bits >> (16 * q)), acc, _mm512_loadu_ps(s + 16 * q));
-  return _mm512_reduce_max_ps(acc);
+// Max of the visible scores of a tile row under bits (see row_max_bits_avx512).
+inline float row_max_bits(const float* s, const uint64_t* bits, int64_t nc, float m) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+  return row_max_bits_avx512(s, bits, nc, m);
 #else
-  for (int t = 0; t < 64; ++t)
-    if ((bits >> t) & 1) m = std::max(m, s[t]);
+  for (int64_t t = 0; t < nc * 64; ++t)
+    if ((bits[t / 64] >> (t % 64)) & 1) m = std::max(m, s[t]);
   return m;
 #endif
 }
 
+// p = exp(s * scale - m) where visible under bits, exact 0 elsewhere; returns the sum.
 template <typename out_t>
-inline float exp_store_bits(const float* s, uint64_t bits, float scale, float m, out_t* p) {
+inline float exp_store_bits(const float* s, const uint64_t* bits, int64_t nc, float scale, float m, out_t* p) {
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
-  constexpr float kLog2e = 1.4426950408889634f;
-  const __m512 vs = _mm512_set1_ps(scale * kLog2e), vm = _mm512_set1_ps(-m * kLog2e);
-  __m512 sum = _mm512_setzero_ps();
-  for (int q = 0; q < 4; q += 2) {
-    // Masked-off lanes may hold scores above m (exp overflows to inf): zeroed by the mask.
-    const __m512 e0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(bits >> (16 * q)),
-                                          exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * q), vs, vm)));
-    const __m512 e1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(bits >> (16 * q + 16)),
-                                          exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + 16 * q + 16), vs, vm)));
-    sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
-    if constexpr (std::is_same_v<out_t, float>) {
-      _mm512_storeu_ps(p + 16 * q, e0);
-      _mm512_storeu_ps(p + 16 * q + 16, e1);
-    } else {
-      at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(p + 16 * q);
-    }
+  if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+    if (cpu_has_avx512_bf16()) return exp_store_bits_bf16_native(s, bits, nc, scale, m, p);
   }
-  return _mm512_reduce_add_ps(sum);
+  return exp_store_bits_avx512<out_t>(s, bits, nc, scale, m, p);
 #else
   float sum = 0.f;
-  for (int t = 0; t < 64; ++t) {
-    const float e = (bits >> t) & 1 ? std::exp(s[t] * scale - m) : 0.f;
+  for (int64_t t = 0; t < nc * 64; ++t) {
+    const float e = (bits[t / 64] >> (t % 64)) & 1 ? std::exp(s[t] * scale - m) : 0.f;
     p[t] = static_cast<out_t>(e);
     sum += e;
   }
