@@ -2,7 +2,7 @@
 //
 // The attention runs the shared tile loop (prefill_loop.h) with 64-row query tiles. Per
 // (tile, head) the keys are the 64-key blocks that some diagonal crosses inside the tile
-// (vs_key_blocks), walked as spans with the exact element mask from the head's bitsets,
+// (VSBits::key_blocks), walked as spans with the exact element mask from the head's bitsets,
 // plus the columns outside those blocks (vs_columns), gathered and masked causally. Any
 // tiling gives the same result, so the kernel uses the finest one whatever block size the
 // caller uses for vertical_slash_index.
@@ -30,7 +30,7 @@ struct VerticalSlashPolicy {
   int64_t num_tiles(int64_t seqlen_q) const { return ceil_div(seqlen_q, tile_q); }
   int64_t max_spans() const { return max_blocks(); }
   int64_t max_columns() const { return vs.max_vertical; }
-  int64_t max_blocks() const { return std::min(2 * (vs.max_slash + 1), ceil_div(seqlen_k, kChunk)); }
+  int64_t max_blocks() const { return ceil_div(seqlen_k, kChunk); }
 
   VSBits head_bits(int64_t b, int64_t h) const {
     const uint64_t* base = bits + (b * heads + h) * 2 * words;
@@ -46,10 +46,9 @@ struct VerticalSlashPolicy {
     thread_local std::vector<int32_t> blocks;
     blocks.resize(max_blocks());
     const int64_t p0 = m * tile_q + offset, p1 = std::min(p0 + tile_q, seqlen_k);
-    int64_t ns = 0, nv = 0;
-    const int32_t* slash = vs_slash_row(vs, b, h, &ns);
+    int64_t nv = 0;
     const int32_t* vertical = vs_vertical_row(vs, b, h, &nv);
-    const int64_t nb = vs_key_blocks(slash, ns, p0, p1, kChunk, blocks.data());
+    const int64_t nb = head_bits(b, h).key_blocks(p0, p1, kChunk, blocks.data());
     int64_t n = 0;
     for (int64_t i = 0; i < nb; ++i) {  // runs of adjacent blocks -> spans
       const int64_t k0 = int64_t(blocks[i]) * kChunk;
@@ -88,22 +87,30 @@ void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams&
 void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
                           int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out) {
   const int64_t mb = ceil_div(seqlen_q, block_size), offset = seqlen_k - seqlen_q;
-  at::parallel_for(0, batch * heads * mb, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / (heads * mb), h = i / mb % heads, m = i % mb;
-      const int64_t p0 = m * block_size + offset, p1 = std::min(p0 + block_size, seqlen_k);
+  const int64_t words = VSBits::words(seqlen_k);
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> bits(2 * words);
+    std::vector<int32_t> blocks(ceil_div(seqlen_k, block_size));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
       int64_t ns = 0, nv = 0;
       const int32_t* slash = vs_slash_row(vs, b, h, &ns);
       const int32_t* vertical = vs_vertical_row(vs, b, h, &nv);
-      int32_t* blocks = out.block_offset + i * out.max_blocks;
-      const int64_t nb = vs_key_blocks(slash, ns, p0, p1, block_size, blocks);
-      int32_t* cols = out.column_index + i * out.max_columns;
-      const int64_t nc = vs_columns(vertical, nv, p1, blocks, nb, block_size, cols);
-      for (int64_t j = 0; j < nb; ++j) blocks[j] = static_cast<int32_t>(blocks[j] * block_size);  // ids -> keys
-      for (int64_t j = nb; j < out.max_blocks; ++j) blocks[j] = 0;
-      for (int64_t j = nc; j < out.max_columns; ++j) cols[j] = 0;
-      out.block_count[i] = static_cast<int32_t>(nb);
-      out.column_count[i] = static_cast<int32_t>(nc);
+      VSBits::build(vertical, nv, slash, ns, seqlen_k, bits.data(), bits.data() + words);
+      const VSBits vb{bits.data(), bits.data() + words, seqlen_k};
+      for (int64_t m = 0; m < mb; ++m) {
+        const int64_t i = bh * mb + m;
+        const int64_t p0 = m * block_size + offset, p1 = std::min(p0 + block_size, seqlen_k);
+        const int64_t nb = std::min(vb.key_blocks(p0, p1, block_size, blocks.data()), out.max_blocks);
+        int32_t* offs = out.block_offset + i * out.max_blocks;
+        int32_t* cols = out.column_index + i * out.max_columns;
+        const int64_t nc = vs_columns(vertical, nv, p1, blocks.data(), nb, block_size, cols);
+        for (int64_t j = 0; j < nb; ++j) offs[j] = static_cast<int32_t>(blocks[j] * block_size);  // ids -> keys
+        // Entries past the counts stay unwritten: at 32k tokens the two lists are tens of
+        // MB, mostly padding, and filling them cost more than the conversion itself.
+        out.block_count[i] = static_cast<int32_t>(nb);
+        out.column_count[i] = static_cast<int32_t>(nc);
+      }
     }
   });
 }

@@ -4,13 +4,15 @@
 // main diagonal is always attended, so no row is ever left without keys.
 //
 // Both engines walk a query block's keys as (1) whole key blocks, aligned at multiples of
-// block_k, that some diagonal crosses inside the block, plus (2) the columns that fall in
-// no such block. Inside (1) the exact element mask comes from two bitsets (VSBits), so the
-// blocks may safely over-cover. Torch-free; the CUDA engine uses the same functions.
+// block_k, that some diagonal crosses inside the block (VSBits::key_blocks), plus (2) the
+// columns that fall in no such block (vs_columns). Inside (1) the exact element mask comes
+// from two per-(batch, head) bitsets (VSBits), so the blocks may safely over-cover.
+// Torch-free; the CUDA engine uses the same functions.
 //
 // Input lists are per (batch, head), ascending and duplicate free (sparse_attn normalizes
 // them in Python). The functions still read only inside [0, n) and skip entries that are
-// negative, out of order or repeated, so unnormalized input cannot read out of bounds.
+// negative, out of order, repeated or past the sequence, so unnormalized input cannot
+// read out of bounds.
 #pragma once
 #include <cstdint>
 #include "sparse_attn/macros.h"
@@ -29,31 +31,6 @@ SA_HOST_DEVICE const int32_t* vs_slash_row(const VerticalSlashParams& p, int64_t
   const int64_t c = p.slash_count[b * p.slash_count_stride[0] + h * p.slash_count_stride[1]];
   *n = c < 0 ? 0 : (c > p.max_slash ? p.max_slash : c);
   return p.slash + b * p.slash_stride[0] + h * p.slash_stride[1];
-}
-
-// Key blocks [n * block_k, (n + 1) * block_k) crossed by a diagonal of {0} U slash[0, ns)
-// at some key position of [p0, p1) (the query block; p1 <= seqlen_k). Writes the block ids
-// ascending to `out` (room for min(2 * (ns + 1), ceil(seqlen_k / block_k)) entries) and
-// returns how many.
-SA_HOST_DEVICE int64_t vs_key_blocks(const int32_t* slash, int64_t ns, int64_t p0, int64_t p1, int64_t block_k,
-                                     int32_t* out) {
-  int64_t n = 0, next = 0;  // next: the lowest block id not written yet
-  // Larger offsets reach lower keys: walking the offsets from the largest down gives
-  // key ranges in ascending order, each block written once. Index -1 is the forced 0.
-  int64_t prev = INT64_MAX;
-  for (int64_t i = ns - 1; i >= -1; --i) {
-    const int64_t s = i >= 0 ? slash[i] : 0;
-    if (s < 0 || s >= prev) continue;  // negative, repeated or out of order
-    prev = s;
-    const int64_t hi = p1 - 1 - s;  // diagonal s covers keys [p0 - s, p1 - 1 - s]
-    if (hi < 0) continue;
-    const int64_t lo = p0 - s < 0 ? 0 : p0 - s;
-    int64_t first = lo / block_k;
-    if (first < next) first = next;
-    for (int64_t blk = first; blk <= hi / block_k; ++blk) out[n++] = static_cast<int32_t>(blk);
-    if (hi / block_k + 1 > next) next = hi / block_k + 1;
-  }
-  return n;
 }
 
 // Columns of vertical[0, nv) below key_limit (p1 under a causal mask, else seqlen_k) that
@@ -112,6 +89,35 @@ struct VSBits {
       pos += n;
     }
     return true;
+  }
+
+  // True if any bit of [lo, hi) of w is set (0 <= lo, hi <= 64 * words).
+  SA_HOST_DEVICE static bool any_set(const uint64_t* w, int64_t lo, int64_t hi) {
+    for (int64_t pos = lo; pos < hi;) {
+      const int64_t i = pos >> 6, sh = pos & 63, n = (hi - pos < 64 - sh) ? hi - pos : 64 - sh;
+      const uint64_t want = (n == 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1)) << sh;
+      if (w[i] & want) return true;
+      pos += n;
+    }
+    return false;
+  }
+
+  // Key blocks [n * block_k, (n + 1) * block_k) crossed by a diagonal (offset 0 included)
+  // at some key position of [p0, p1) (a query block; p1 <= seqlen_k). Block n is crossed
+  // iff some offset lies in [p0 - (n + 1) * block_k + 1, p1 - 1 - n * block_k]: a window
+  // of (p1 - p0) + block_k - 1 bits of diag, so the cost does not grow with the number of
+  // offsets. Writes the ids ascending to `out` (room for ceil(p1 / block_k)); returns how many.
+  SA_HOST_DEVICE int64_t key_blocks(int64_t p0, int64_t p1, int64_t block_k, int32_t* out) const {
+    int64_t n_out = 0;
+    for (int64_t n = 0; n * block_k < p1; ++n) {
+      const int64_t s_hi = p1 - 1 - n * block_k;
+      const int64_t s_lo = p0 - (n + 1) * block_k + 1 > 0 ? p0 - (n + 1) * block_k + 1 : 0;
+      if (s_lo > s_hi || s_hi < 0) continue;
+      // offset s is at diag bit seqlen_k - 1 - s
+      const int64_t lo = seqlen_k - 1 - (s_hi < seqlen_k ? s_hi : seqlen_k - 1), hi = seqlen_k - s_lo;
+      if (lo < hi && any_set(diag, lo, hi)) out[n_out++] = static_cast<int32_t>(n);
+    }
+    return n_out;
   }
 
   // True if every key of [k0, k0 + 64) is a column or on an offset of every key position
