@@ -80,7 +80,7 @@ def vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, *, seqlen_
     column_index [B, H, MB, NV])``, int32, ``MB = ceil(seqlen_q / block_size)``,
     ``NB = min(2 * (NS + 1), ceil(seqlen_k / block_size))``. ``block_offset`` holds the first
     key of each listed block, ascending; ``column_index`` ascending. Entries past the counts
-    are unspecified (never written, like FlexAttention's ``kv_indices`` padding).
+    are 0.
 
     Example::
 

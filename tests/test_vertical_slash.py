@@ -67,6 +67,7 @@ def test_index_matches_direct_construction(Sq, Sk, bs, NV, NS):
         nb, nc = int(bc[b, h, m]), int(cc[b, h, m])
         assert bo[b, h, m, :nb].tolist() == blocks, (b, h, m)
         assert ci[b, h, m, :nc].tolist() == cols, (b, h, m)
+        assert (bo[b, h, m, nb:] == 0).all() and (ci[b, h, m, nc:] == 0).all()
 
 
 def test_index_every_block_covered_and_broadcast():

@@ -9,6 +9,7 @@
 // This file is compiled once per instruction set; SA_CPU_NS names the namespace.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -106,8 +107,9 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
         int32_t* cols = out.column_index + i * out.max_columns;
         const int64_t nc = vs_columns(vertical, nv, p1, blocks.data(), nb, block_size, cols);
         for (int64_t j = 0; j < nb; ++j) offs[j] = static_cast<int32_t>(blocks[j] * block_size);  // ids -> keys
-        // Entries past the counts stay unwritten: at 32k tokens the two lists are tens of
-        // MB, mostly padding, and filling them cost more than the conversion itself.
+        // Padding is zeroed: outputs must not depend on what the allocator returned.
+        std::fill(offs + nb, offs + out.max_blocks, 0);
+        std::fill(cols + nc, cols + out.max_columns, 0);
         out.block_count[i] = static_cast<int32_t>(nb);
         out.column_count[i] = static_cast<int32_t>(nc);
       }
