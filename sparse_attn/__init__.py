@@ -1,13 +1,17 @@
 """sparse-attn: sparse attention kernels for long-context LLM inference.
 
-Prefill ops (CPU engine): :func:`block_sparse_attention`, :func:`streaming_attention`.
-Masks: :class:`BlockSparseMask`, :func:`estimate_block_sparse`, :func:`streaming_mask`.
+Prefill ops (CPU engine): :func:`block_sparse_attention`, :func:`streaming_attention`,
+:func:`vertical_slash_attention`.
+Masks and estimators: :class:`BlockSparseMask`, :func:`estimate_block_sparse`,
+:func:`streaming_mask`, :func:`estimate_vertical_slash`, :func:`vertical_slash_index`.
 Exact float64 references for tests: :mod:`sparse_attn.reference`.
 """
 from ._version import __version__
 from .attention import block_sparse_attention, streaming_attention
 from .build import build_info
 from .masks import BlockSparseMask, estimate_block_sparse, streaming_mask
+from .vertical_slash import vertical_slash_attention, vertical_slash_index
+from .vertical_slash_estimator import estimate_vertical_slash
 
 __all__ = [
     "__version__",
@@ -15,6 +19,9 @@ __all__ = [
     "block_sparse_attention",
     "build_info",
     "estimate_block_sparse",
+    "estimate_vertical_slash",
     "streaming_attention",
     "streaming_mask",
+    "vertical_slash_attention",
+    "vertical_slash_index",
 ]

@@ -228,3 +228,10 @@ def test_compile_and_opcheck():
     torch.library.opcheck(torch.ops.sparse_attn.vertical_slash_attention,
                           (q, k, v, torch.empty_like(q), vl, vc, sl, sc, True, 0.125))
     torch.library.opcheck(torch.ops.sparse_attn.vertical_slash_index, (vl, vc, sl, sc, 130, 130, 64))
+
+
+def test_estimator_to_attention_end_to_end():
+    """The estimator's lists feed the op directly (the docstring example, smaller)."""
+    q, k, v = qkv(1, 600, 600, 4, 2, 64, torch.bfloat16, seed=12)
+    vertical, slash = sparse_attn.estimate_vertical_slash(q, k, n_vertical=50, n_slash=120)
+    check_attention(q, k, v, vertical, slash, torch.bfloat16, "estimated")
