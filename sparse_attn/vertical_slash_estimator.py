@@ -90,8 +90,9 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, *, n_vertical: int
         ``[B, Hq, min(n_slash, Sk)]`` diagonal offsets (0 = main diagonal), each sorted ascending.
 
     A key's vertical score is the sum of its softmax probability over the scored rows; a
-    diagonal's slash score is the sum of the probabilities on it. Scores, softmax and sums are
-    float32.
+    diagonal's slash score is the sum of the probabilities on it. Scores are computed in the
+    inputs' dtype (q pre-scaled, as MInference does: bf16 scores use AMX), softmax and sums
+    in float32.
     """
     _check_inputs(q, k)
     n_vertical = _check_int("n_vertical", n_vertical, 1)
@@ -144,23 +145,31 @@ def _score_batch_entry(q_last, kb, scale, vert_out, slash_out):
     L, Hq, D = q_last.shape
     Sk, Hkv = kb.shape[0], kb.shape[1]
     g = Hq // Hkv
-    # [Hkv, g, L, D], float32 and pre-scaled: the L rows of a kv head's whole group sit together
-    # so one matmul per kv head serves the group (q is small; this copy is O(L * Hq * D)).
-    qg = (q_last.permute(1, 0, 2).float() * scale).contiguous().view(Hkv, g, L, D)
+    # [Hkv, g, L, D], pre-scaled: the L rows of a kv head's whole group sit together so one
+    # matmul per kv head serves the group (q is small; this copy is O(L * Hq * D)). 16-bit
+    # inputs are scored in their own dtype, as MInference does (AMX: ~5x the fp32 matmul
+    # rate here; torch has no 16-bit x 16-bit -> fp32 matmul on CPU), and the softmax reads
+    # those scores into float32.
+    qg = (q_last.permute(1, 0, 2).float() * scale).to(q_last.dtype).contiguous().view(Hkv, g, L, D)
     dev = q_last.device
     chunks = list(_chunks(Hkv, g, L * Sk * 4))
     first = chunks[0]                                     # the first chunk is the largest
-    buf = torch.empty((first[1] - first[0]) * (first[3] - first[2]) * L * Sk, dtype=torch.float32, device=dev)
+    size = (first[1] - first[0]) * (first[3] - first[2]) * L * Sk
+    buf = torch.empty(size, dtype=torch.float32, device=dev)
+    raw = buf if q_last.dtype == torch.float32 else torch.empty(size, dtype=q_last.dtype, device=dev)
     tri = torch.ones(L, L, dtype=torch.bool, device=dev).triu_(1)              # causal: j > p
     corner_j = torch.arange(L, device=dev)[:, None] - 1 - torch.arange(max(L - 1, 0), device=dev)
     for k0, k1, g0, g1 in chunks:
         nk, n = k1 - k0, (k1 - k0) * (g1 - g0)           # kv heads, query heads in this chunk
         h0 = k0 * g + g0                                  # the chunk's query heads: h0 .. h0+n-1
-        s = buf[: n * L * Sk].view(nk, (g1 - g0) * L, Sk)
+        s = raw[: n * L * Sk].view(nk, (g1 - g0) * L, Sk)
         _matmul_into(s, qg[k0:k1, g0:g1].reshape(nk, (g1 - g0) * L, D), kb[:, k0:k1])
-        p = s.view(n, L, Sk)
+        sc = s.view(n, L, Sk)
         # Row r sits at key position Sk - L + r; only the last L columns hold masked keys.
-        p[:, :, Sk - L:].masked_fill_(tri, float("-inf"))
+        sc[:, :, Sk - L:].masked_fill_(tri, float("-inf"))
+        p = buf[: n * L * Sk].view(n, L, Sk)
+        if sc.data_ptr() != p.data_ptr():
+            p.copy_(sc)  # to float32 first: softmax(dtype=float32) from 16-bit ran 5x slower
         # In place (no second buffer): softmax works row by row, element-wise, so out may alias.
         torch.softmax(p, dim=-1, out=p)
         torch.sum(p, dim=1, out=vert_out[h0:h0 + n])
@@ -177,15 +186,15 @@ def _score_batch_entry(q_last, kb, scale, vert_out, slash_out):
 
 
 def _matmul_into(out: torch.Tensor, a: torch.Tensor, k: torch.Tensor) -> None:
-    """out[h] = a[h] @ k[:, h].T in float32. a: float32 [n, M, D]; k: [Sk, n, D], a view of K."""
+    """out[h] = a[h] @ k[:, h].T in the inputs' dtype. a: [n, M, D]; k: [Sk, n, D], a view of K."""
     Sk, n, D = k.shape
     # One key tile at a time: MKL's sgemm ran ~1.6x faster on [M, D] x [D, 8k] products than on
-    # a single [D, 32k] one. A float32 K tile is a strided view that bmm reads in place; a
-    # 16-bit one is up-converted into a small float32 staging tile (torch has no bf16 x bf16 ->
-    # fp32 matmul on CPU, and a bf16 result would round the scores), never all of K at once.
+    # a single [D, 32k] one, and a tile bounds any staging copy (never all of K at once).
     tile = max(1, _KEY_TILE_BYTES // (n * D * 4))
     for t0 in range(0, Sk, tile):
-        kt = k[t0:t0 + tile]
+        kt = k[t0:t0 + tile].permute(1, 2, 0)  # [n, D, tile]: float32 bmm reads it in place
         if kt.dtype != torch.float32:
-            kt = kt.float()
-        torch.bmm(a, kt.permute(1, 2, 0), out=out[:, :, t0:t0 + tile])
+            # 16-bit bmm on this strided view ran 8x slower than on a contiguous [n, tile, D]
+            # copy of the tile (read transposed).
+            kt = k[t0:t0 + tile].permute(1, 0, 2).contiguous().transpose(1, 2)
+        torch.bmm(a, kt, out=out[:, :, t0:t0 + tile])

@@ -31,7 +31,11 @@ def reference_scores(q, k, last_q, scale=None):
                 p = i + Sk - Sq                      # key position of query row i
                 if p < 0:
                     continue                         # sees no key
-                probs = torch.softmax(keys[: p + 1] @ q[b, i, h].double() * scale, dim=0)
+                # 16-bit inputs are scored in their dtype from the pre-scaled query (the
+                # estimator's documented behaviour): round where it rounds.
+                qs = (q[b, i, h].float() * scale).to(q.dtype).double()
+                scores = (keys[: p + 1] @ qs).to(q.dtype).double()
+                probs = torch.softmax(scores, dim=0)
                 j = torch.arange(p + 1)                  # the keys it sees
                 vert[b, h].index_add_(0, j, probs)
                 slash[b, h].index_add_(0, p - j, probs)  # key j lies on diagonal p - j
