@@ -261,6 +261,167 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_
   return {block_count, block_offset, column_count, column_index};
 }
 
+// ---------------------------------------------------------------- paged KV cache
+
+void check_pages_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be [num_pages, page_size, heads_kv, head_dim], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.stride(3) == 1, name, " must have a contiguous last dimension");
+  to_dtype(t, name);
+}
+
+void check_meta_tensor(const at::Tensor& t, const char* name, const at::Tensor& pages) {
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == pages.size(0) && t.size(1) == pages.size(2) &&
+                        t.size(2) == pages.size(3),
+                    name, " must be [num_pages, heads_kv, head_dim] = [", pages.size(0), ", ", pages.size(2), ", ",
+                    pages.size(3), "], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.stride(2) == 1, name, " must have a contiguous last dimension");
+  TORCH_CHECK_VALUE(t.scalar_type() == pages.scalar_type() && t.device() == pages.device(), name,
+                    " must have the cache's dtype and device");
+}
+
+// page_table [B, max_pages] int32 (last dim contiguous), seqlens [B] int32, validated.
+PagedKVParams make_paged(const at::Tensor* k_pages, const at::Tensor* v_pages, const at::Tensor& page_table,
+                         const at::Tensor& seqlens, int64_t num_pages, int64_t page_size, int64_t heads_kv,
+                         int64_t head_dim) {
+  TORCH_CHECK_VALUE(page_table.scalar_type() == at::kInt && page_table.dim() == 2 && page_table.stride(1) == 1,
+                    "page_table must be int32 [batch, max_pages] with a contiguous last dimension, got ",
+                    page_table.scalar_type(), " ", page_table.sizes());
+  TORCH_CHECK_VALUE(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == page_table.size(0) &&
+                        seqlens.is_contiguous(),
+                    "seqlens must be contiguous int32 [batch] matching page_table's batch ", page_table.size(0),
+                    ", got ", seqlens.scalar_type(), " ", seqlens.sizes());
+  TORCH_CHECK_VALUE(page_size >= 1, "page_size must be >= 1, got ", page_size);
+  PagedKVParams p;
+  if (k_pages != nullptr) {
+    p.k_pages = k_pages->data_ptr();
+    p.v_pages = v_pages->data_ptr();
+    for (int i = 0; i < 3; ++i) p.page_stride[i] = k_pages->stride(i);
+    TORCH_CHECK_VALUE(v_pages->strides() == k_pages->strides() && v_pages->sizes() == k_pages->sizes(),
+                      "v_pages must have k_pages' shape and strides");
+  }
+  p.page_table = page_table.data_ptr<int32_t>();
+  p.seqlens = seqlens.data_ptr<int32_t>();
+  p.num_pages = num_pages, p.page_size = page_size, p.heads_kv = heads_kv, p.head_dim = head_dim;
+  p.batch = page_table.size(0), p.max_pages = page_table.size(1), p.table_stride = page_table.stride(0);
+  const std::string err = validate_paged(p);
+  TORCH_CHECK_VALUE(err.empty(), err);
+  return p;
+}
+
+void paged_kv_write_cpu(at::Tensor& k_pages, at::Tensor& v_pages, at::Tensor& k_max, at::Tensor& k_min,
+                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& page_ids, const at::Tensor& slots) {
+  check_pages_tensor(k_pages, "k_pages");
+  check_pages_tensor(v_pages, "v_pages");
+  TORCH_CHECK_VALUE(v_pages.sizes() == k_pages.sizes() && v_pages.strides() == k_pages.strides() &&
+                        v_pages.scalar_type() == k_pages.scalar_type(),
+                    "v_pages must match k_pages (shape, strides, dtype)");
+  check_meta_tensor(k_max, "k_max", k_pages);
+  check_meta_tensor(k_min, "k_min", k_pages);
+  TORCH_CHECK_VALUE(k_min.strides() == k_max.strides(), "k_min must have k_max's strides");
+  const int64_t N = page_ids.numel();
+  for (const auto* t : {&k, &v}) {
+    const char* name = t == &k ? "k" : "v";
+    TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == N && t->size(1) == k_pages.size(2) && t->size(2) == k_pages.size(3),
+                      name, " must be [tokens, heads_kv, head_dim] = [", N, ", ", k_pages.size(2), ", ",
+                      k_pages.size(3), "], got shape ", t->sizes());
+    TORCH_CHECK_VALUE(t->scalar_type() == k_pages.scalar_type(), name, " must have the cache's dtype ",
+                      k_pages.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->stride(2) == 1, name, " must have a contiguous last dimension");
+  }
+  TORCH_CHECK_VALUE(page_ids.scalar_type() == at::kInt && slots.scalar_type() == at::kInt && page_ids.dim() == 1 &&
+                        slots.dim() == 1 && slots.size(0) == N && page_ids.is_contiguous() && slots.is_contiguous(),
+                    "page_ids and slots must be contiguous int32 [tokens]");
+  const int32_t* pid = page_ids.data_ptr<int32_t>();
+  const int32_t* sl = slots.data_ptr<int32_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK_VALUE(pid[n] >= 0 && pid[n] < k_pages.size(0), "page_ids[", n, "] = ", pid[n],
+                      " is not a page id in [0, ", k_pages.size(0), ")");
+    TORCH_CHECK_VALUE(sl[n] >= 0 && sl[n] < k_pages.size(1), "slots[", n, "] = ", sl[n], " is not in [0, page_size = ",
+                      k_pages.size(1), ")");
+  }
+  PagedKVWrite w;
+  w.k_pages = k_pages.data_ptr(), w.v_pages = v_pages.data_ptr();
+  w.k_max = k_max.data_ptr(), w.k_min = k_min.data_ptr();
+  w.k = k.data_ptr(), w.v = v.data_ptr(), w.page_ids = pid, w.slots = sl, w.ntokens = N;
+  w.heads_kv = k_pages.size(2), w.head_dim = k_pages.size(3), w.dtype = to_dtype(k_pages, "k_pages");
+  for (int i = 0; i < 3; ++i) w.page_stride[i] = k_pages.stride(i);
+  for (int i = 0; i < 2; ++i) {
+    w.meta_stride[i] = k_max.stride(i);
+    w.src_stride[i] = k.stride(i);
+    w.v_src_stride[i] = v.stride(i);
+  }
+  if (N > 0) cpu::paged_kv_write(w);
+}
+
+at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const at::Tensor& k_min,
+                            const at::Tensor& page_table, const at::Tensor& seqlens, int64_t page_size,
+                            bool sum_reduce) {
+  TORCH_CHECK_VALUE(k_max.dim() == 3 && k_max.stride(2) == 1, "k_max must be [num_pages, heads_kv, head_dim] with a "
+                    "contiguous last dimension, got shape ", k_max.sizes());
+  TORCH_CHECK_VALUE(k_min.sizes() == k_max.sizes() && k_min.strides() == k_max.strides() &&
+                        k_min.scalar_type() == k_max.scalar_type(),
+                    "k_min must match k_max (shape, strides, dtype)");
+  const int64_t Hkv = k_max.size(1), D = k_max.size(2);
+  TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0,
+                    "q must be [batch, heads_q, head_dim] with batch ", page_table.size(0), ", head_dim ", D,
+                    " and heads_q a multiple of ", Hkv, ", got shape ", q.sizes());
+  PagedKVParams p = make_paged(nullptr, nullptr, page_table, seqlens, k_max.size(0), page_size, Hkv, D);
+  p.k_max = k_max.data_ptr(), p.k_min = k_min.data_ptr();
+  p.meta_stride[0] = k_max.stride(0), p.meta_stride[1] = k_max.stride(1);
+  const at::Tensor qf = q.to(at::kFloat).contiguous();  // [B, Hq, D]: small
+  at::Tensor out = at::empty({p.batch, Hkv, p.max_pages}, q.options().dtype(at::kFloat));
+  if (out.numel() > 0)
+    cpu::quest_scores(p, to_dtype(k_max, "k_max"), qf.data_ptr<float>(), q.size(1), sum_reduce, out.data_ptr<float>());
+  return out;
+}
+
+at::Tensor paged_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                      const at::Tensor& page_table, const at::Tensor& seqlens,
+                                      const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                      at::Tensor& out, double scale) {
+  check_pages_tensor(k_pages, "k_pages");
+  check_pages_tensor(v_pages, "v_pages");
+  const int64_t Hkv = k_pages.size(2), D = k_pages.size(3);
+  TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0 &&
+                        q.stride(2) == 1,
+                    "q must be [batch, heads_q, head_dim] (last dim contiguous) with batch ", page_table.size(0),
+                    ", head_dim ", D, " and heads_q a multiple of ", Hkv, ", got shape ", q.sizes());
+  TORCH_CHECK_VALUE(q.scalar_type() == k_pages.scalar_type() && v_pages.scalar_type() == k_pages.scalar_type(),
+                    "q, k_pages and v_pages must share a dtype");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type() && out.stride(2) == 1,
+                    "out must have q's shape and dtype (last dim contiguous)");
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "scale must be a positive finite number, got ", scale);
+  TORCH_CHECK_VALUE(pages.has_value() == counts.has_value(), "pages and counts must be given together");
+  PagedKVParams p = make_paged(&k_pages, &v_pages, page_table, seqlens, k_pages.size(0), k_pages.size(1), Hkv, D);
+  PageSelection sel;
+  if (pages) {
+    TORCH_CHECK_VALUE(pages->scalar_type() == at::kInt && pages->dim() == 3 && pages->size(0) == p.batch &&
+                          pages->size(1) == Hkv,
+                      "pages must be int32 [batch, heads_kv, K] = [", p.batch, ", ", Hkv, ", K], got ",
+                      pages->scalar_type(), " ", pages->sizes());
+    TORCH_CHECK_VALUE(counts->scalar_type() == at::kInt && counts->dim() == 2 && counts->size(0) == p.batch &&
+                          counts->size(1) == Hkv,
+                      "counts must be int32 [batch, heads_kv], got ", counts->scalar_type(), " ", counts->sizes());
+    sel.pages = pages->data_ptr<int32_t>();
+    sel.counts = counts->data_ptr<int32_t>();
+    for (int i = 0; i < 3; ++i) sel.pages_stride[i] = pages->stride(i);
+    for (int i = 0; i < 2; ++i) sel.counts_stride[i] = counts->stride(i);
+    sel.capacity = pages->size(2);
+    // Always checked: O(B x H_kv x K), nothing next to reading the pages, and a bad id
+    // would read another sequence's pages.
+    const std::string err = validate_selection(p, sel);
+    TORCH_CHECK_VALUE(err.empty(), err);
+  }
+  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  PagedDecodeIO io;
+  io.q = q.data_ptr(), io.out = out.data_ptr(), io.lse = lse.data_ptr<float>(), io.heads_q = q.size(1);
+  io.q_stride[0] = q.stride(0), io.q_stride[1] = q.stride(1);
+  io.o_stride[0] = out.stride(0), io.o_stride[1] = out.stride(1);
+  io.scale = static_cast<float>(scale), io.dtype = to_dtype(q, "q");
+  if (q.numel() > 0) cpu::paged_decode(p, pages ? &sel : nullptr, io);
+  return lse;
+}
+
 }  // namespace
 }  // namespace sparse_attn
 
@@ -278,6 +439,15 @@ TORCH_LIBRARY(sparse_attn, m) {
   m.def(
       "vertical_slash_index(Tensor vertical, Tensor vertical_count, Tensor slash, Tensor slash_count, "
       "int seqlen_q, int seqlen_k, int block_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "paged_kv_write(Tensor(a!) k_pages, Tensor(b!) v_pages, Tensor(c!) k_max, Tensor(d!) k_min, Tensor k, "
+      "Tensor v, Tensor page_ids, Tensor slots) -> ()");
+  m.def(
+      "quest_scores(Tensor q, Tensor k_max, Tensor k_min, Tensor page_table, Tensor seqlens, int page_size, "
+      "bool sum_reduce) -> Tensor");
+  m.def(
+      "paged_decode_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
+      "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
@@ -285,6 +455,9 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("streaming_attention", &sparse_attn::streaming_attention_cpu);
   m.impl("vertical_slash_attention", &sparse_attn::vertical_slash_attention_cpu);
   m.impl("vertical_slash_index", &sparse_attn::vertical_slash_index_cpu);
+  m.impl("paged_kv_write", &sparse_attn::paged_kv_write_cpu);
+  m.impl("quest_scores", &sparse_attn::quest_scores_cpu);
+  m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cpu);
 }
 
 PYBIND11_MODULE(_C, mod) {

@@ -36,3 +36,18 @@ def _vertical_slash_index_fake(vertical, vertical_count, slash, slash_count, seq
     new = lambda *shape: vertical.new_empty(shape, dtype=torch.int32)  # noqa: E731
     return (new(batch, heads, mb), new(batch, heads, mb, max_blocks), new(batch, heads, mb),
             new(batch, heads, mb, vertical.shape[2]))
+
+
+@torch.library.register_fake("sparse_attn::paged_kv_write")
+def _paged_kv_write_fake(k_pages, v_pages, k_max, k_min, k, v, page_ids, slots):
+    return None
+
+
+@torch.library.register_fake("sparse_attn::quest_scores")
+def _quest_scores_fake(q, k_max, k_min, page_table, seqlens, page_size, sum_reduce):
+    return q.new_empty((page_table.shape[0], k_max.shape[1], page_table.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("sparse_attn::paged_decode_attention")
+def _paged_decode_attention_fake(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale):
+    return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)

@@ -2,6 +2,7 @@
 // are compiled once per instruction set (namespaces DEFAULT and AVX512); dispatch.cpp picks
 // one at run time.
 #pragma once
+#include "sparse_attn/paged.h"
 #include "sparse_attn/params.h"
 
 namespace sparse_attn::cpu {
@@ -13,6 +14,10 @@ namespace sparse_attn::cpu {
   void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams& vs); \
   void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q, \
                             int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out);         \
+  void paged_kv_write(const PagedKVWrite& w);                                          \
+  void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, \
+                    float* out);                                                                      \
+  void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);           \
   void release_workspace();                                                           \
   }
 SA_DECLARE_CPU_KERNELS(DEFAULT)
@@ -26,6 +31,11 @@ void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams&
 // The per-query-block key blocks + columns of a vertical-slash pattern (causal).
 void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
                           int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out);
+// Paged KV cache (paged_decode_kernel.cpp): token writes with page metadata, Quest bounds
+// [B, H_kv, max_pages] (q float32 [B, H_q, D]), decode over all or selected pages.
+void paged_kv_write(const PagedKVWrite& w);
+void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, float* out);
+void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);
 // Frees the calling thread's packed-K/V workspace (it is kept between calls otherwise).
 void release_workspace();
 // Which kernel build and tile path the dispatcher uses on this CPU.

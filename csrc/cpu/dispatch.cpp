@@ -43,6 +43,20 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
   DEFAULT::vertical_slash_index(vs, batch, heads, seqlen_q, seqlen_k, block_size, out);
 }
 
+#if SA_HAVE_AVX512_BUILD
+#define SA_PICK(fn) (cpu_has_avx512() ? AVX512::fn : DEFAULT::fn)
+#else
+#define SA_PICK(fn) DEFAULT::fn
+#endif
+void paged_kv_write(const PagedKVWrite& w) { SA_PICK(paged_kv_write)(w); }
+void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, float* out) {
+  SA_PICK(quest_scores)(p, dtype, q, heads_q, sum_reduce, out);
+}
+void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
+  SA_PICK(paged_decode)(p, sel, io);
+}
+#undef SA_PICK
+
 void release_workspace() {
   DEFAULT::release_workspace();
 #if SA_HAVE_AVX512_BUILD

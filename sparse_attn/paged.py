@@ -1,0 +1,236 @@
+"""Paged KV cache and query-aware page selection (Quest) for decode.
+
+A :class:`PagedKVCache` holds one layer's keys and values in fixed-size pages (vLLM's
+layout) plus, per page and KV head, the channel-wise max and min of the stored keys. For a
+query ``q`` the Quest bound ``sum_d max(q_d * kmax_d, q_d * kmin_d)`` is at least ``q . k`` for
+every key of the page, so decode can read only the pages with the highest bounds.
+
+Example::
+
+    import torch, sparse_attn
+    cache = sparse_attn.PagedKVCache(num_pages=1024, page_size=16, heads_kv=2, head_dim=64,
+                                     batch_size=2, max_pages_per_seq=256, dtype=torch.bfloat16)
+    k = torch.randn(2, 1000, 2, 64, dtype=torch.bfloat16); v = torch.randn_like(k)
+    cache.prefill(k, v, seqlens=torch.tensor([1000, 700]))
+    q = torch.randn(2, 8, 64, dtype=torch.bfloat16)              # one new token per sequence
+    cache.append(torch.randn(2, 2, 64, dtype=torch.bfloat16), torch.randn(2, 2, 64, dtype=torch.bfloat16))
+    out = sparse_attn.quest_decode(q, cache, token_budget=256)    # [2, 8, 64]
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._ops import ops
+
+__all__ = ["PagedKVCache", "quest_scores", "select_pages", "paged_decode_attention", "quest_decode"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_int(name: str, value, minimum: int, op: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class PagedKVCache:
+    """One layer's paged KV cache (make one per layer: layers fill and evict together, but
+    their keys differ, and per-layer objects keep each op's arguments one tensor each).
+
+    Attributes: ``k_pages, v_pages [num_pages, page_size, heads_kv, head_dim]``,
+    ``k_max, k_min [num_pages, heads_kv, head_dim]`` (exact max/min of the stored keys of
+    every page, i.e. after RoPE if the caller applied it), ``page_table int32 [batch,
+    max_pages_per_seq]`` (logical page -> page id; -1 where none), ``seqlens int32 [batch]``.
+    Pages come from a free list; :meth:`free` returns a sequence's pages to it.
+    """
+
+    def __init__(self, num_pages: int, page_size: int, heads_kv: int, head_dim: int, *, batch_size: int,
+                 max_pages_per_seq: int, dtype: torch.dtype = torch.bfloat16, device="cpu"):
+        op = "PagedKVCache"
+        for name, val in (("num_pages", num_pages), ("heads_kv", heads_kv), ("head_dim", head_dim),
+                          ("batch_size", batch_size), ("max_pages_per_seq", max_pages_per_seq)):
+            _check_int(name, val, 1, op)
+        _check_int("page_size", page_size, 1, op)
+        if page_size & (page_size - 1):
+            raise ValueError(f"{op}: page_size must be a power of two, got {page_size}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"{op}: dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.page_size = page_size
+        self.k_pages = torch.zeros(num_pages, page_size, heads_kv, head_dim, dtype=dtype, device=device)
+        self.v_pages = torch.zeros_like(self.k_pages)
+        self.k_max = torch.zeros(num_pages, heads_kv, head_dim, dtype=dtype, device=device)
+        self.k_min = torch.zeros_like(self.k_max)
+        self.page_table = torch.full((batch_size, max_pages_per_seq), -1, dtype=torch.int32, device=device)
+        self.seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self._free = list(range(num_pages - 1, -1, -1))  # a stack: low ids first
+        self._owned = [[] for _ in range(batch_size)]
+
+    @property
+    def num_pages(self) -> int:
+        return self.k_pages.shape[0]
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free)
+
+    def free(self, b: int) -> None:
+        """Empties sequence ``b`` and returns its pages to the free list."""
+        self._free.extend(reversed(self._owned[b]))
+        self._owned[b] = []
+        self.page_table[b] = -1
+        self.seqlens[b] = 0
+
+    def _reserve(self, new_lengths: list[int], op: str) -> None:
+        """Allocates the pages the sequences need to reach new_lengths; raises before
+        touching anything if the pool or a page table row is too small."""
+        need = [max(-(-n // self.page_size) - len(self._owned[b]), 0) for b, n in enumerate(new_lengths)]
+        for b, n in enumerate(new_lengths):
+            if -(-n // self.page_size) > self.page_table.shape[1]:
+                raise ValueError(f"{op}: sequence {b} would need {-(-n // self.page_size)} pages, more than "
+                                 f"max_pages_per_seq = {self.page_table.shape[1]}")
+        if sum(need) > len(self._free):
+            raise ValueError(f"{op}: the page pool is full ({len(self._free)} free pages, {sum(need)} needed); "
+                             f"nothing was written")
+        for b, n in enumerate(need):
+            for _ in range(n):
+                page = self._free.pop()
+                self.page_table[b, len(self._owned[b])] = page
+                self._owned[b].append(page)
+
+    def _write(self, k, v, batch_idx, positions, op):
+        """Writes token rows k/v [N, Hkv, D] of sequences batch_idx at positions (tensors [N])."""
+        logical = positions // self.page_size
+        page_ids = self.page_table[batch_idx.long(), logical.long()].to(torch.int32).contiguous()
+        slots = (positions % self.page_size).to(torch.int32).contiguous()
+        ops.paged_kv_write(self.k_pages, self.v_pages, self.k_max, self.k_min, k, v, page_ids, slots)
+
+    def _check_tokens(self, k, v, op, ndim):
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != ndim:
+                raise ValueError(f"{op}: {name} must be a {ndim}-d tensor, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if t.dtype != self.k_pages.dtype or t.shape[-2:] != self.k_pages.shape[-2:]:
+                raise ValueError(f"{op}: {name} must be {self.k_pages.dtype} with (heads_kv, head_dim) = "
+                                 f"{tuple(self.k_pages.shape[-2:])}, got {t.dtype} {tuple(t.shape)}")
+            if t.shape[0] != self.batch_size:
+                raise ValueError(f"{op}: {name} must have batch {self.batch_size}, got {tuple(t.shape)}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.page_table.shape[0]
+
+    def prefill(self, k: torch.Tensor, v: torch.Tensor, seqlens) -> None:
+        """Replaces every sequence with a prompt: ``k, v [B, S, heads_kv, head_dim]`` padded,
+        ``seqlens [B]`` the valid lengths (ragged)."""
+        op = "PagedKVCache.prefill"
+        self._check_tokens(k, v, op, 4)
+        lens = torch.as_tensor(seqlens).to(torch.int64).cpu()
+        if lens.shape != (self.batch_size,) or bool((lens < 0).any()) or bool((lens > k.shape[1]).any()):
+            raise ValueError(f"{op}: seqlens must be [{self.batch_size}] in [0, {k.shape[1]}], got {lens.tolist()}")
+        old = [list(o) for o in self._owned], self.page_table.clone(), self.seqlens.clone(), list(self._free)
+        for b in range(self.batch_size):
+            self.free(b)
+        try:
+            self._reserve(lens.tolist(), op)
+        except ValueError:
+            self._owned, self._free = old[0], old[3]
+            self.page_table.copy_(old[1])
+            self.seqlens.copy_(old[2])
+            raise
+        b_idx = torch.repeat_interleave(torch.arange(self.batch_size), lens)
+        pos = torch.cat([torch.arange(int(n)) for n in lens]) if len(lens) else torch.zeros(0, dtype=torch.int64)
+        dev = k.device
+        self._write(k[b_idx.to(dev), pos.to(dev)], v[b_idx.to(dev), pos.to(dev)], b_idx.to(dev), pos.to(dev), op)
+        self.seqlens.copy_(lens.to(torch.int32))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Appends one decode step: ``k, v [B, heads_kv, head_dim]``, one token per sequence."""
+        op = "PagedKVCache.append"
+        self._check_tokens(k, v, op, 3)
+        pos = self.seqlens.to(torch.int64).cpu()
+        self._reserve((pos + 1).tolist(), op)
+        b_idx = torch.arange(self.batch_size)
+        dev = k.device
+        self._write(k, v, b_idx.to(dev), pos.to(dev), op)
+        self.seqlens += 1
+
+
+def quest_scores(q: torch.Tensor, cache: PagedKVCache, *, group_reduce: str = "max") -> torch.Tensor:
+    """Quest bounds ``float32 [B, heads_kv, max_pages_per_seq]`` (-inf past each sequence).
+
+    ``q [B, heads_q, head_dim]``. The bound of each query head of a KV head's group is reduced
+    with ``max`` (default) or ``sum``, so a KV head's pages are read once for the group.
+    No softmax scale.
+    """
+    if group_reduce not in ("max", "sum"):
+        raise ValueError(f"quest_scores: group_reduce must be 'max' or 'sum', got {group_reduce!r}")
+    return ops.quest_scores(q, cache.k_max, cache.k_min, cache.page_table, cache.seqlens, cache.page_size,
+                            group_reduce == "sum")
+
+
+def select_pages(scores: torch.Tensor, cache: PagedKVCache, *, token_budget: int, sink_pages: int = 1,
+                 recent_pages: int = 1):
+    """Top pages per (sequence, KV head): ``(pages int32 [B, heads_kv, K], counts int32 [B, heads_kv])``.
+
+    ``K = ceil(token_budget / page_size)`` (at least sink + recent pages). The first
+    ``sink_pages`` and the last ``recent_pages`` pages (the current, partly filled one) are
+    always in; the rest go by score. A sequence with at most K pages takes all of them (dense).
+    Pages are logical indices, ascending; entries past ``counts`` are 0.
+    """
+    op = "select_pages"
+    _check_int("token_budget", token_budget, 1, op)
+    _check_int("sink_pages", sink_pages, 0, op)
+    _check_int("recent_pages", recent_pages, 0, op)
+    B, Hkv, P = scores.shape
+    ps = cache.page_size
+    npages = (cache.seqlens.to(torch.int64) + ps - 1) // ps                      # [B]
+    K = min(max(-(-token_budget // ps), sink_pages + recent_pages), P)
+    idx = torch.arange(P, device=scores.device)
+    valid = idx[None, :] < npages[:, None]                                      # [B, P]
+    forced = (idx[None, :] < sink_pages) | (idx[None, :] >= npages[:, None] - recent_pages)
+    s = scores.to(torch.float32).masked_fill(forced[:, None, :], float("inf"))
+    s = s.masked_fill(~valid[:, None, :], float("-inf"))
+    top = torch.topk(s, K, dim=-1).indices                                      # [B, Hkv, K]
+    counts = npages.clamp(max=K).to(torch.int32)[:, None].expand(B, Hkv).contiguous()
+    # Keep the valid picks (the first counts of the top-k are the valid pages), ascending.
+    keep = torch.arange(K, device=scores.device)[None, None, :] < counts[..., None]
+    pages = torch.where(keep, top, torch.full_like(top, P)).sort(dim=-1).values
+    pages = torch.where(pages == P, torch.zeros_like(pages), pages).to(torch.int32)
+    return pages.contiguous(), counts
+
+
+def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,
+                           counts: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                           return_lse: bool = False, out: Optional[torch.Tensor] = None):
+    """Decode attention of one new token per sequence over the paged cache.
+
+    ``q [B, heads_q, head_dim]`` (GQA: query head h reads KV head h // (heads_q / heads_kv)).
+    With ``pages``/``counts`` (from :func:`select_pages`) KV head g of sequence b reads only
+    its listed logical pages; otherwise every page (dense). Ragged sequences. Returns ``out``
+    ``[B, heads_q, head_dim]`` or ``(out, lse [B, heads_q])``.
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError(f"paged_decode_attention: q must be [batch, heads_q, head_dim], got "
+                         f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    if q.dtype != cache.k_pages.dtype:
+        raise ValueError(f"paged_decode_attention: q must have the cache's dtype {cache.k_pages.dtype}, got {q.dtype}")
+    if out is None:
+        out = torch.empty_like(q)
+    sc = float(q.shape[-1] ** -0.5) if scale is None else float(scale)
+    lse = ops.paged_decode_attention(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, pages,
+                                     counts, out, sc)
+    return (out, lse) if return_lse else out
+
+
+def quest_decode(q: torch.Tensor, cache: PagedKVCache, *, token_budget: int, group_reduce: str = "max",
+                 sink_pages: int = 1, recent_pages: int = 1, scale: Optional[float] = None,
+                 return_lse: bool = False, out: Optional[torch.Tensor] = None):
+    """One Quest decode step: :func:`quest_scores`, :func:`select_pages`, then
+    :func:`paged_decode_attention` over the selected pages."""
+    scores = quest_scores(q, cache, group_reduce=group_reduce)
+    pages, counts = select_pages(scores, cache, token_budget=token_budget, sink_pages=sink_pages,
+                                 recent_pages=recent_pages)
+    return paged_decode_attention(q, cache, pages=pages, counts=counts, scale=scale, return_lse=return_lse,
+                                  out=out)
