@@ -15,8 +15,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include "attention_kernel.h"
 #include "sparse_attn/paged.h"
@@ -47,6 +52,35 @@ float dot(const float* a, const float* b, int64_t n) {
   float s = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc0 + acc1);
   for (; d < n; ++d) s += a[d] * b[d];
   return s;
+}
+
+// dst[i] = sum of the lanes of acc[i], i < n. Four at a time with AVX-512 (one shuffle tree
+// for four vectors instead of four full reductions: the reductions were the largest cost
+// of the score loop).
+inline void hsum(const Vec* acc, int64_t n, float* dst) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; i + 4 <= n; i += 4) {
+    const __m512 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
+    // Per 128-bit lane: t0 = [a0 02, a1 02, a0 13, a1 13] (sums of lane pairs), same for t1.
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    // Per 128-bit lane: [a0, a1, a2, a3] partial sums.
+    const __m512 t2 = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m128 r = _mm_add_ps(_mm_add_ps(_mm512_extractf32x4_ps(t2, 0), _mm512_extractf32x4_ps(t2, 1)),
+                                _mm_add_ps(_mm512_extractf32x4_ps(t2, 2), _mm512_extractf32x4_ps(t2, 3)));
+    _mm_storeu_ps(dst + i, r);
+  }
+#endif
+  for (; i < n; ++i) dst[i] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc[i]);
+}
+
+// Per-thread [G, D] accumulator of the page loop.
+inline std::vector<float>& scratch_acc(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf;
 }
 
 template <typename T>
@@ -85,111 +119,244 @@ void write_tokens(const PagedKVWrite& w) {
   });
 }
 
+// Quest bounds of one page for the G query heads of a KV head (quest_bound in paged.h, D
+// in vector chunks); kG as in page_step.
+template <int kG>
+void page_bounds(const float* q, const float* mx, const float* mn, int64_t D, int64_t G_rt, float* out) {
+  const int64_t G = kG > 0 ? kG : G_rt;
+  if (kG == 0 || D % Vec::size() != 0) {
+    for (int64_t h = 0; h < G; ++h) out[h] = quest_bound(q + h * D, mx, mn, D);
+    return;
+  }
+  Vec acc[kG > 0 ? kG : 1];
+  for (int64_t h = 0; h < G; ++h) acc[h] = Vec(0.f);
+  for (int64_t d = 0; d < D; d += Vec::size()) {
+    const Vec a = Vec::loadu(mx + d), c = Vec::loadu(mn + d);
+    for (int64_t h = 0; h < G; ++h) {
+      const Vec qv = Vec::loadu(q + h * D + d);
+      acc[h] = acc[h] + at::vec::maximum(qv * a, qv * c);
+    }
+  }
+  hsum(acc, G, out);
+}
+
 template <typename T>
 void scores(const PagedKVParams& p, const float* q, int64_t heads_q, bool sum_reduce, float* out) {
-  const int64_t D = p.head_dim, G = heads_q / p.heads_kv;
+  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = heads_q / Hkv;
   const auto* kmax = static_cast<const T*>(p.k_max);
   const auto* kmin = static_cast<const T*>(p.k_min);
-  at::parallel_for(0, p.batch * p.heads_kv, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> mx(D), mn(D);
+  // Items are (sequence, chunk of pages) over all KV heads: a page's metadata rows of every
+  // head are adjacent, so each item reads two sequential streams (one head at a time read
+  // 256-byte rows 2 KB apart, at half the speed).
+  constexpr int64_t kChunkPages = 256;
+  const int64_t nchunks = std::max<int64_t>(1, (p.max_pages + kChunkPages - 1) / kChunkPages);
+  at::parallel_for(0, p.batch * nchunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> mx(D), mn(D), r(G);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / p.heads_kv, g = i % p.heads_kv;
+      const int64_t b = i / nchunks, c = i % nchunks;
       const int64_t npages = (p.seqlens[b] + p.page_size - 1) / p.page_size;
-      float* o = out + i * p.max_pages;
-      const float* qg = q + (b * heads_q + g * G) * D;
-      for (int64_t j = 0; j < npages; ++j) {
-        const int64_t page = p.page_table[b * p.table_stride + j];
-        to_float(kmax + page * p.meta_stride[0] + g * p.meta_stride[1], mx.data(), D);
-        to_float(kmin + page * p.meta_stride[0] + g * p.meta_stride[1], mn.data(), D);
-        float r = sum_reduce ? 0.f : -INFINITY;
-        for (int64_t h = 0; h < G; ++h) {
-          const float s = quest_bound(qg + h * D, mx.data(), mn.data(), D);
-          r = sum_reduce ? r + s : std::max(r, s);
+      const int64_t j0 = c * kChunkPages, j1 = std::min(p.max_pages, j0 + kChunkPages);
+      for (int64_t j = j0; j < j1; ++j) {
+        if (j >= npages) {
+          for (int64_t g = 0; g < Hkv; ++g) out[(b * Hkv + g) * p.max_pages + j] = -INFINITY;
+          continue;
         }
-        o[j] = r;
+        const int64_t page = p.page_table[b * p.table_stride + j];
+        for (int64_t g = 0; g < Hkv; ++g) {
+          const float* qg = q + (b * heads_q + g * G) * D;
+          to_float(kmax + page * p.meta_stride[0] + g * p.meta_stride[1], mx.data(), D);
+          to_float(kmin + page * p.meta_stride[0] + g * p.meta_stride[1], mn.data(), D);
+          switch (G) {
+            case 1: page_bounds<1>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 2: page_bounds<2>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 4: page_bounds<4>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 8: page_bounds<8>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            default: page_bounds<0>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+          }
+          float red = sum_reduce ? 0.f : -INFINITY;
+          for (int64_t h = 0; h < G; ++h) red = sum_reduce ? red + r[h] : std::max(red, r[h]);
+          out[(b * Hkv + g) * p.max_pages + j] = red;
+        }
       }
-      std::fill(o + npages, o + p.max_pages, -INFINITY);
     }
   });
 }
 
+// One page of one KV head for the G query heads of its group: scores, online softmax,
+// accumulation. K/V rows (row stride ld) are converted to float32 once per page; the
+// scores take one reduction tree per four heads, the P V product keeps each head's output
+// chunk in registers across the page's rows.
+// kG > 0: the group size at compile time, so the per-head accumulators stay in registers
+// (with a run-time G they lived on the stack: 2x slower); kG == 0: any G.
+template <typename T, int kG>
+void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, int64_t D, int64_t G_rt,
+               const float* qf, float* kf, float* vf, float* s, float* acc, SoftmaxRowState* st) {
+  constexpr int64_t kMaxG = kG > 0 ? kG : 16;
+  const int64_t G = kG > 0 ? kG : G_rt;
+  const bool vec_d = D % Vec::size() == 0 && G <= kMaxG;
+  for (int64_t t = 0; t < ntok; ++t) {
+    to_float(kp + t * ld, kf + t * D, D);
+    to_float(vp + t * ld, vf + t * D, D);
+  }
+  for (int64_t t = 0; t < ntok; ++t) {  // s[h * ps + t] = q_h . k_t (q pre-scaled)
+    const float* k = kf + t * D;
+    if (vec_d) {
+      Vec a[kMaxG];
+      float r[kMaxG];
+      for (int64_t h = 0; h < G; ++h) a[h] = Vec(0.f);
+      for (int64_t d = 0; d < D; d += Vec::size()) {
+        const Vec kv = Vec::loadu(k + d);
+        for (int64_t h = 0; h < G; ++h) a[h] = at::vec::fmadd(Vec::loadu(qf + h * D + d), kv, a[h]);
+      }
+      hsum(a, G, r);
+      for (int64_t h = 0; h < G; ++h) s[h * ps + t] = r[h];
+    } else {
+      for (int64_t h = 0; h < G; ++h) s[h * ps + t] = dot(qf + h * D, k, D);
+    }
+  }
+  for (int64_t h = 0; h < G; ++h) {  // online softmax of the page's scores
+    float* sh = s + h * ps;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < ntok; ++t) mx = std::max(mx, sh[t]);
+    const float factor = st[h].rescale_to(mx);
+    if (factor != 1.f) at::vec::map([factor](Vec x) { return x * Vec(factor); }, acc + h * D, acc + h * D, D);
+    const float m = st[h].max;
+    int64_t t = 0;
+    Vec vsum(0.f);
+    for (; t + Vec::size() <= ntok; t += Vec::size()) {
+      const Vec e = (Vec::loadu(sh + t) - Vec(m)).exp_u20();
+      e.store(sh + t);
+      vsum = vsum + e;
+    }
+    float sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+    for (; t < ntok; ++t) sum += (sh[t] = std::exp(sh[t] - m));
+    st[h].add_sum(sum);
+  }
+  if (vec_d) {  // acc_h += sum_t p[h][t] v_t, a head_dim chunk at a time, in registers
+    for (int64_t d = 0; d < D; d += Vec::size()) {
+      Vec a[kMaxG];
+      for (int64_t h = 0; h < G; ++h) a[h] = Vec::loadu(acc + h * D + d);
+      for (int64_t t = 0; t < ntok; ++t) {
+        const Vec v = Vec::loadu(vf + t * D + d);
+        for (int64_t h = 0; h < G; ++h) a[h] = at::vec::fmadd(Vec(s[h * ps + t]), v, a[h]);
+      }
+      for (int64_t h = 0; h < G; ++h) a[h].store(acc + h * D + d);
+    }
+  } else {
+    for (int64_t t = 0; t < ntok; ++t)
+      for (int64_t h = 0; h < G; ++h)
+        for (int64_t d = 0; d < D; ++d) acc[h * D + d] += s[h * ps + t] * vf[t * D + d];
+  }
+}
+
+// Split-KV decode. A work item is (sequence, KV heads, chunk of kPagesPerChunk pages):
+//  - dense: all KV heads of a page range, so the item reads K and V as two sequential
+//    streams (a page's heads are adjacent in memory); reading one head's 4 KB blocks 32 KB
+//    apart ran at about half the speed;
+//  - selected: one KV head (each head has its own pages).
+// Each item leaves, per query head, a partial state (max, sum) and an unnormalized output;
+// a second pass merges a head's chunks (softmax_state.h merge_into) and normalizes.
+constexpr int64_t kPagesPerChunk = 64;
+
 template <typename T>
 void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
-  const int64_t D = p.head_dim, G = io.heads_q / p.heads_kv, ps = p.page_size;
+  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = io.heads_q / Hkv, ps = p.page_size;
   const auto* K = static_cast<const T*>(p.k_pages);
   const auto* V = static_cast<const T*>(p.v_pages);
   const auto* Q = static_cast<const T*>(io.q);
   auto* O = static_cast<T*>(io.out);
-  at::parallel_for(0, p.batch * p.heads_kv, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> qf(G * D), acc(G * D), row(D), s(G * ps);
-    std::vector<SoftmaxRowState> st(G);
+  const int64_t nchunks = std::max<int64_t>(1, (std::max(p.max_pages, sel ? sel->capacity : 0) + kPagesPerChunk - 1) /
+                                                   kPagesPerChunk);
+  const int64_t head_groups = sel ? Hkv : 1;  // KV heads split across items
+  const int64_t heads_per_item = sel ? 1 : Hkv;
+  // Partials [B, Hq, nchunks]: state and D outputs; chunks past a sequence stay empty.
+  std::vector<SoftmaxRowState> part_state(p.batch * io.heads_q * nchunks, SoftmaxRowState::empty());
+  std::vector<float> part_acc(p.batch * io.heads_q * nchunks * D);
+  const int64_t items = p.batch * head_groups * nchunks;
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> qf(G * D), kf(ps * D), vf(ps * D), s(G * ps);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / p.heads_kv, g = i % p.heads_kv;
+      const int64_t b = i / (head_groups * nchunks), hg = i / nchunks % head_groups, c = i % nchunks;
       const int64_t len = p.seqlens[b], npages = (len + ps - 1) / ps;
-      for (int64_t h = 0; h < G; ++h) {
-        to_float(Q + b * io.q_stride[0] + (g * G + h) * io.q_stride[1], qf.data() + h * D, D);
-        at::vec::map([sc = io.scale](Vec x) { return x * Vec(sc); }, qf.data() + h * D, qf.data() + h * D, D);
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(st.begin(), st.end(), SoftmaxRowState::empty());
-      const int64_t n = sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]] : npages;
-      const int32_t* list = sel ? sel->pages + b * sel->pages_stride[0] + g * sel->pages_stride[1] : nullptr;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
-        const int64_t page = p.page_table[b * p.table_stride + lp];
-        const int64_t ntok = std::min(ps, len - lp * ps);
-        const T* kp = K + page * p.page_stride[0] + g * p.page_stride[2];
-        const T* vp = V + page * p.page_stride[0] + g * p.page_stride[2];
-        if (j + 1 < n) {  // the next page's rows are scattered: ask for them early
-          const int64_t nlp = list ? list[(j + 1) * sel->pages_stride[2]] : j + 1;
-          const int64_t npage = p.page_table[b * p.table_stride + nlp];
-          for (int64_t t = 0; t < ps; ++t) {
-            __builtin_prefetch(K + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
-            __builtin_prefetch(V + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
-          }
+      for (int64_t g = hg * heads_per_item; g < (hg + 1) * heads_per_item; ++g) {
+        const int64_t n = sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]] : npages;
+        const int64_t j0 = c * kPagesPerChunk, j1 = std::min(n, j0 + kPagesPerChunk);
+        if (j0 >= j1) continue;
+        const int32_t* list = sel ? sel->pages + b * sel->pages_stride[0] + g * sel->pages_stride[1] : nullptr;
+        for (int64_t h = 0; h < G; ++h) {
+          to_float(Q + b * io.q_stride[0] + (g * G + h) * io.q_stride[1], qf.data() + h * D, D);
+          at::vec::map([sc = io.scale](Vec x) { return x * Vec(sc); }, qf.data() + h * D, qf.data() + h * D, D);
         }
-        // Scores of the group's query heads against the page's keys (each row read once).
-        for (int64_t t = 0; t < ntok; ++t) {
-          to_float(kp + t * p.page_stride[1], row.data(), D);
-          for (int64_t h = 0; h < G; ++h) s[h * ps + t] = dot(qf.data() + h * D, row.data(), D);
+        const int64_t slot0 = (b * io.heads_q + g * G) * nchunks + c;  // head h: slot0 + h * nchunks
+        float* acc = part_acc.data() + slot0 * D;
+        SoftmaxRowState st[64];
+        TORCH_CHECK(G <= 64, "paged decode supports up to 64 query heads per KV head");
+        for (int64_t h = 0; h < G; ++h) {
+          st[h] = SoftmaxRowState::empty();
+          std::fill(acc + h * nchunks * D, acc + h * nchunks * D + D, 0.f);
+        }
+        // page_step works on a [G, D] accumulator: use a contiguous scratch and scatter back.
+        std::vector<float>& a = scratch_acc(G * D);
+        std::fill(a.begin(), a.begin() + G * D, 0.f);
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
+          const int64_t page = p.page_table[b * p.table_stride + lp];
+          const int64_t ntok = std::min(ps, len - lp * ps);
+          if (list && j + 2 < j1) {  // selected pages are scattered: ask for the one after next early
+            const int64_t npage = p.page_table[b * p.table_stride + list[(j + 2) * sel->pages_stride[2]]];
+            for (int64_t t = 0; t < ps; ++t) {
+              const char* kr = reinterpret_cast<const char*>(K + npage * p.page_stride[0] + t * p.page_stride[1] +
+                                                             g * p.page_stride[2]);
+              const char* vr = reinterpret_cast<const char*>(V + npage * p.page_stride[0] + t * p.page_stride[1] +
+                                                             g * p.page_stride[2]);
+              for (int64_t o = 0; o < D * int64_t(sizeof(T)); o += 64) {
+                __builtin_prefetch(kr + o);
+                __builtin_prefetch(vr + o);
+              }
+            }
+          }
+          const T* kp = K + page * p.page_stride[0] + g * p.page_stride[2];
+          const T* vp = V + page * p.page_stride[0] + g * p.page_stride[2];
+          switch (G) {
+#define SA_STEP(NG) page_step<T, NG>(kp, vp, p.page_stride[1], ntok, ps, D, G, qf.data(), kf.data(), vf.data(), \
+                                     s.data(), a.data(), st)
+            case 1: SA_STEP(1); break;
+            case 2: SA_STEP(2); break;
+            case 4: SA_STEP(4); break;
+            case 8: SA_STEP(8); break;
+            default: SA_STEP(0); break;
+#undef SA_STEP
+          }
         }
         for (int64_t h = 0; h < G; ++h) {
-          float* sh = s.data() + h * ps;
-          float mx = -INFINITY;
-          for (int64_t t = 0; t < ntok; ++t) mx = std::max(mx, sh[t]);
-          const float factor = st[h].rescale_to(mx);
-          if (factor != 1.f) {
-            float* a = acc.data() + h * D;
-            at::vec::map([factor](Vec x) { return x * Vec(factor); }, a, a, D);
-          }
-          float sum = 0.f;
-          for (int64_t t = 0; t < ntok; ++t) sum += (sh[t] = std::exp(sh[t] - st[h].max));
-          st[h].add_sum(sum);
-        }
-        for (int64_t t = 0; t < ntok; ++t) {
-          to_float(vp + t * p.page_stride[1], row.data(), D);
-          for (int64_t h = 0; h < G; ++h) {
-            const Vec w(s[h * ps + t]);
-            float* a = acc.data() + h * D;
-            int64_t d = 0;
-            for (; d + Vec::size() <= D; d += Vec::size())
-              at::vec::fmadd(w, Vec::loadu(row.data() + d), Vec::loadu(a + d)).store(a + d);
-            for (; d < D; ++d) a[d] += s[h * ps + t] * row[d];
-          }
+          part_state[slot0 + h * nchunks] = st[h];
+          std::memcpy(acc + h * nchunks * D, a.data() + h * D, D * sizeof(float));
         }
       }
-      for (int64_t h = 0; h < G; ++h) {
-        const float inv = st[h].inv_sum();
-        float* a = acc.data() + h * D;
-        at::vec::map([inv](Vec x) { return x * Vec(inv); }, a, a, D);
-        T* o = O + b * io.o_stride[0] + (g * G + h) * io.o_stride[1];
-        if constexpr (std::is_same_v<T, float>) {
-          std::memcpy(o, a, D * sizeof(float));
-        } else {
-          at::vec::convert(a, o, D);
-        }
-        io.lse[b * io.heads_q + g * G + h] = st[h].lse();
+    }
+  });
+  // Merge each query head's chunks, normalize, store.
+  at::parallel_for(0, p.batch * io.heads_q, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> out(D);
+    for (int64_t r = r0; r < r1; ++r) {
+      SoftmaxRowState st = SoftmaxRowState::empty();
+      std::fill(out.begin(), out.end(), 0.f);
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const SoftmaxRowState& pc = part_state[r * nchunks + c];
+        if (pc.sum == 0.f) continue;
+        const MergeFactors f = merge_into(st, pc);
+        const float* pa = part_acc.data() + (r * nchunks + c) * D;
+        for (int64_t d = 0; d < D; ++d) out[d] = out[d] * f.a + pa[d] * f.b;
       }
+      const float inv = st.inv_sum();
+      for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+      T* o = O + (r / io.heads_q) * io.o_stride[0] + (r % io.heads_q) * io.o_stride[1];
+      if constexpr (std::is_same_v<T, float>) {
+        std::memcpy(o, out.data(), D * sizeof(float));
+      } else {
+        at::vec::convert(out.data(), o, D);
+      }
+      io.lse[r] = st.lse();
     }
   });
 }
