@@ -15,6 +15,7 @@ from .harness import machine_info, plot, read_bandwidth_gbs, time_fn, write_resu
 
 SUITES: dict[str, str] = {
     "prefill": "sparse_attn.benchmark.prefill",
+    "decode": "sparse_attn.benchmark.decode",
     "vertical_slash": "sparse_attn.benchmark.vertical_slash",
 }
 

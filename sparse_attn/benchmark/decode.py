@@ -1,0 +1,202 @@
+"""Decode suite: paged KV cache, dense paged decode and Quest decode against dense SDPA decode.
+
+Per (batch, context): a :class:`sparse_attn.PagedKVCache` (page 16, bf16, 32 query / 8 KV
+heads, head_dim 128) filled by ``prefill`` with randn keys/values, the same K/V as
+contiguous ``[B, S, H_kv, D]`` tensors for SDPA, and one randn query token per sequence.
+The machine's read bandwidth is measured in the same run (:func:`harness.read_bandwidth_gbs`).
+
+Timed, in turns (:func:`harness.time_interleaved`, median of repeats):
+
+* ``sdpa``: ``F.scaled_dot_product_attention(q[:, :, None], k.transpose(1, 2), v.transpose(1, 2),
+  enable_gqa=True)``, dense decode over the contiguous cache;
+* ``dense``: ``paged_decode_attention(q, cache)`` over every page;
+* per token budget: ``quest``: ``quest_decode(q, cache, token_budget=...)``, the whole step
+  (bounds, selection, attention), and its parts ``scores``, ``select``, ``attn``.
+
+Bytes: dense reads K and V of every token (``B * S * H_kv * D * 2 * 2``); Quest must read the
+metadata of every page (``2 * pages * H_kv * D * 2``) plus K and V of the selected pages. The
+floor is bytes / read bandwidth. Targets (issue): dense >= 60% of the read bandwidth; Quest at
+32768 tokens with budget 2048 >= 15x faster than SDPA decode and >= 50% of its floor.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .harness import cpu_busy_fraction, read_bandwidth_gbs, time_fn, time_interleaved
+from .prefill import NOISY_SPREAD, _fmt, _ok
+
+DENSE_BW_TARGET = 0.6
+QUEST_SPEEDUP_TARGET = 15.0
+QUEST_FLOOR_TARGET = 0.5
+
+
+@dataclass
+class DecodeConfig:
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    contexts: list[int] = field(default_factory=lambda: [8192, 32768])
+    budgets: list[int] = field(default_factory=lambda: [1024, 2048])
+    heads_q: int = 32
+    heads_kv: int = 8
+    head_dim: int = 128
+    page_size: int = 16
+    dtype: str = "bfloat16"
+    warmup: int = 3
+    repeats: int = 15
+    seed: int = 0
+
+
+def quick_config() -> DecodeConfig:
+    return DecodeConfig(batches=[1], contexts=[8192], budgets=[1024], repeats=7)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dec-batches", type=int, nargs="+", help="decode: batch sizes (default 1 8)")
+    parser.add_argument("--dec-budgets", type=int, nargs="+", help="decode: Quest token budgets (default 1024 2048)")
+
+
+def config_from_args(args) -> DecodeConfig:
+    cfg = quick_config() if getattr(args, "quick", False) else DecodeConfig()
+    if getattr(args, "seqlens", None):
+        cfg.contexts = list(args.seqlens)
+    if getattr(args, "dec_batches", None):
+        cfg.batches = list(args.dec_batches)
+    if getattr(args, "dec_budgets", None):
+        cfg.budgets = list(args.dec_budgets)
+    if getattr(args, "repeats", None):
+        cfg.repeats = args.repeats
+    if getattr(args, "warmup", None) is not None:
+        cfg.warmup = args.warmup
+    return cfg
+
+
+def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    import sparse_attn as sa
+
+    bw = read_bandwidth_gbs()
+    log(f"[decode] read bandwidth {bw:.1f} GB/s")
+    meta: dict[str, Any] = {"suite": "decode", "config": asdict(cfg), "read_bandwidth_gbs": bw,
+                            "other_cpu_busy_start": cpu_busy_fraction(),
+                            "timing": "sdpa, dense and quest steps interleaved call by call, median of repeats",
+                            "targets": {"dense_bw_fraction_min": DENSE_BW_TARGET,
+                                        "quest_speedup_vs_sdpa_min_at_32768_budget_2048": QUEST_SPEEDUP_TARGET,
+                                        "quest_floor_fraction_min": QUEST_FLOOR_TARGET}}
+    rows = []
+    dtype = getattr(torch, cfg.dtype)
+    for B in cfg.batches:
+        for S in cfg.contexts:
+            rows += _run_case(cfg, sa, dtype, B, S, bw, log)
+            gc.collect()
+    meta["other_cpu_busy_end"] = cpu_busy_fraction()
+    return rows, meta
+
+
+def _run_case(cfg, sa, dtype, B, S, bw, log) -> list[dict]:
+    g = torch.Generator().manual_seed(cfg.seed * 1000003 + B * 7919 + S)
+    Hq, Hkv, D, ps = cfg.heads_q, cfg.heads_kv, cfg.head_dim, cfg.page_size
+    k = torch.randn(B, S, Hkv, D, generator=g).to(dtype)
+    v = torch.randn(B, S, Hkv, D, generator=g).to(dtype)
+    q = torch.randn(B, Hq, D, generator=g).to(dtype)
+    pages_per_seq = -(-S // ps) + 1
+    cache = sa.PagedKVCache(B * pages_per_seq, ps, Hkv, D, batch_size=B, max_pages_per_seq=pages_per_seq, dtype=dtype)
+    cache.prefill(k, v, torch.full((B,), S))
+    kh, vh = k.transpose(1, 2), v.transpose(1, 2)
+    out = torch.empty_like(q)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q[:, :, None], kh, vh, enable_gqa=True)
+
+    fns = {"sdpa": (sdpa, [()]), "dense": (lambda: sa.paged_decode_attention(q, cache, out=out), [()])}
+    for budget in cfg.budgets:
+        fns[f"quest{budget}"] = (lambda b=budget: sa.quest_decode(q, cache, token_budget=b, out=out), [()])
+    # Correctness of what is timed: dense paged decode against SDPA.
+    err = float((sa.paged_decode_attention(q, cache).float() - sdpa()[:, :, 0].float()).abs().max())
+    t = time_interleaved(fns, warmup=cfg.warmup, repeats=cfg.repeats)
+    ms = {name: (r["median"] * 1e3 if "median" in r else None) for name, r in t.items()}
+    kv_bytes = B * S * Hkv * D * 2 * k.element_size()
+    base = {"batch": B, "context": S, "heads_q": Hq, "heads_kv": Hkv, "head_dim": D, "page_size": ps,
+            "dtype": cfg.dtype, "read_bandwidth_gbs": bw, "sdpa_ms": ms["sdpa"], "dense_ms": ms["dense"],
+            "dense_gbs": kv_bytes / ms["dense"] / 1e6, "sdpa_gbs": kv_bytes / ms["sdpa"] / 1e6,
+            "dense_max_abs_diff_vs_sdpa": err}
+    base["dense_bw_fraction"] = base["dense_gbs"] / bw
+    base["sdpa_bw_fraction"] = base["sdpa_gbs"] / bw
+    base["dense_ok"] = base["dense_bw_fraction"] >= DENSE_BW_TARGET
+    rows = []
+    npages = -(-S // ps)
+    for budget in cfg.budgets:
+        row = dict(base, budget=budget, case=f"B={B} S={S} budget {budget}", quest_ms=ms[f"quest{budget}"])
+        scores = sa.quest_scores(q, cache)
+        pages, counts = sa.select_pages(scores, cache, token_budget=budget)
+        parts = {
+            "scores_ms": time_fn(lambda: sa.quest_scores(q, cache), [()], warmup=cfg.warmup, repeats=cfg.repeats),
+            "select_ms": time_fn(lambda: sa.select_pages(scores, cache, token_budget=budget), [()],
+                                 warmup=cfg.warmup, repeats=cfg.repeats),
+            "attn_ms": time_fn(lambda: sa.paged_decode_attention(q, cache, pages=pages, counts=counts, out=out),
+                               [()], warmup=cfg.warmup, repeats=cfg.repeats),
+        }
+        for key, r in parts.items():
+            row[key] = r["median"] * 1e3
+        sel_tokens = int(counts.sum()) * ps / Hkv  # per KV head, averaged (last pages may be partial)
+        meta_bytes = 2 * B * npages * Hkv * D * k.element_size()
+        sel_bytes = int(counts.sum()) * ps * D * 2 * k.element_size()
+        row["selected_tokens_per_head"] = sel_tokens / B
+        row["quest_bytes"] = meta_bytes + sel_bytes
+        row["quest_floor_ms"] = row["quest_bytes"] / bw / 1e6
+        row["quest_floor_fraction"] = row["quest_floor_ms"] / row["quest_ms"]
+        row["quest_speedup_vs_sdpa"] = row["sdpa_ms"] / row["quest_ms"]
+        row["quest_ok"] = row["quest_floor_fraction"] >= QUEST_FLOOR_TARGET and (
+            row["quest_speedup_vs_sdpa"] >= QUEST_SPEEDUP_TARGET or not (S == 32768 and budget == 2048))
+        row["timings_s"] = {n: t[n] for n in ("sdpa", "dense", f"quest{budget}")}
+        spreads = [x["max"] / x["min"] for x in row["timings_s"].values() if x.get("min")]
+        row["max_spread"] = max(spreads) if spreads else None
+        rows.append(row)
+        log("[decode] " + _one_line(row))
+    return rows
+
+
+def _one_line(r: dict) -> str:
+    return (f"{r['case']}: sdpa {r['sdpa_ms']:.2f} ms ({r['sdpa_bw_fraction']:.0%} bw)  dense {r['dense_ms']:.2f} ms "
+            f"({r['dense_bw_fraction']:.0%} bw)  quest {r['quest_ms']:.2f} ms = scores {r['scores_ms']:.2f} + "
+            f"select {r['select_ms']:.2f} + attn {r['attn_ms']:.2f}  x{r['quest_speedup_vs_sdpa']:.1f} vs sdpa, "
+            f"{r['quest_floor_fraction']:.0%} of floor")
+
+
+COLUMNS = [
+    ("case", lambda r: r["case"]),
+    ("sdpa ms", lambda r: _fmt(r["sdpa_ms"], ".2f")),
+    ("sdpa bw", lambda r: _fmt(r["sdpa_bw_fraction"], ".0%")),
+    ("dense ms", lambda r: _fmt(r["dense_ms"], ".2f")),
+    ("dense bw", lambda r: _fmt(r["dense_bw_fraction"], ".0%")),
+    (f">={DENSE_BW_TARGET:.0%}", lambda r: _ok(r["dense_ok"])),
+    ("quest ms", lambda r: _fmt(r["quest_ms"], ".2f")),
+    ("scores", lambda r: _fmt(r["scores_ms"], ".2f")),
+    ("select", lambda r: _fmt(r["select_ms"], ".2f")),
+    ("attn", lambda r: _fmt(r["attn_ms"], ".2f")),
+    ("sdpa/quest", lambda r: _fmt(r["quest_speedup_vs_sdpa"], ".1f")),
+    ("floor ms", lambda r: _fmt(r["quest_floor_ms"], ".2f")),
+    ("floor/quest", lambda r: _fmt(r["quest_floor_fraction"], ".0%")),
+    ("ok", lambda r: _ok(r["quest_ok"])),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[c[1](r) for c in COLUMNS] for r in rows]
+    widths = [max([len(c[0])] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
+    line = lambda vals: "  ".join(v.rjust(widths[i]) if i else v.ljust(widths[i]) for i, v in enumerate(vals))
+    out = [line([c[0] for c in COLUMNS]), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]
+    out.append(f"read bandwidth {rows[0]['read_bandwidth_gbs']:.1f} GB/s (same run); ok: Quest >= "
+               f"{QUEST_FLOOR_TARGET:.0%} of its floor (and >= {QUEST_SPEEDUP_TARGET:g}x SDPA at 32768/2048)"
+               if rows else "no rows")
+    noisy = [r["case"] for r in rows if (r.get("max_spread") or 0) > NOISY_SPREAD]
+    if noisy:
+        out.append(f"noisy (slowest/fastest repeat > {NOISY_SPREAD}): " + ", ".join(noisy))
+    return "\n".join(out)
+
+
+PLOT = {"time_keys": ["sdpa_ms", "dense_ms", "quest_ms", "quest_floor_ms"]}
