@@ -195,8 +195,11 @@ def select_pages(scores: torch.Tensor, cache: PagedKVCache, *, token_budget: int
     idx = torch.arange(P, device=scores.device)
     valid = idx[None, :] < npages[:, None]                                      # [B, P]
     forced = (idx[None, :] < sink_pages) | (idx[None, :] >= npages[:, None] - recent_pages)
-    s = scores.to(torch.float32).masked_fill(forced[:, None, :], float("inf"))
-    s = s.masked_fill(~valid[:, None, :], float("-inf"))
+    # Forced pages rank above every score and pages past the sequence below: scores of
+    # +-inf (or NaN) are first clamped to the finite range so that they cannot tie with them.
+    big = torch.finfo(torch.float32).max
+    s = torch.nan_to_num(scores.to(torch.float32), nan=-big, posinf=big, neginf=-big)
+    s = s.masked_fill(forced[:, None, :], float("inf")).masked_fill(~valid[:, None, :], float("-inf"))
     top = torch.topk(s, K, dim=-1).indices                                      # [B, Hkv, K]
     counts = npages.clamp(max=K).to(torch.int32)[:, None].expand(B, Hkv).contiguous()
     # Keep the valid picks (the first counts of the top-k are the valid pages), ascending.

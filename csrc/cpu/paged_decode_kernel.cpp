@@ -315,6 +315,8 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
   const int64_t items = p.batch * head_groups * nchunks;
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> qf(G * D), kf(ps * D), vf(ps * D), s(G * ps);
+    std::vector<SoftmaxRowState> st_buf(G);
+    SoftmaxRowState* st = st_buf.data();
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (head_groups * nchunks), hg = i / nchunks % head_groups, c = i % nchunks;
       const int64_t len = p.seqlens[b], npages = (len + ps - 1) / ps;
@@ -329,8 +331,6 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
         }
         const int64_t slot0 = (b * io.heads_q + g * G) * nchunks + c;  // head h: slot0 + h * nchunks
         float* acc = part_acc.data() + slot0 * D;
-        SoftmaxRowState st[64];
-        TORCH_CHECK(G <= 64, "paged decode supports up to 64 query heads per KV head");
         for (int64_t h = 0; h < G; ++h) {
           st[h] = SoftmaxRowState::empty();
           std::fill(acc + h * nchunks * D, acc + h * nchunks * D + D, 0.f);
