@@ -371,7 +371,8 @@ at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const 
   const at::Tensor qf = q.to(at::kFloat).contiguous();  // [B, Hq, D]: small
   at::Tensor out = at::empty({p.batch, Hkv, p.max_pages}, q.options().dtype(at::kFloat));
   if (out.numel() > 0)
-    cpu::quest_scores(p, to_dtype(k_max, "k_max"), qf.data_ptr<float>(), q.size(1), sum_reduce, out.data_ptr<float>());
+    cpu::quest_scores(p, to_dtype(k_max, "k_max"), qf.data_ptr<float>(), q.scalar_type() == at::kBFloat16, q.size(1),
+                      sum_reduce, out.data_ptr<float>());
   return out;
 }
 

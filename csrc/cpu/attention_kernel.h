@@ -15,7 +15,7 @@ namespace sparse_attn::cpu {
   void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q, \
                             int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out);         \
   void paged_kv_write(const PagedKVWrite& w);                                          \
-  void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, \
+  void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce, \
                     float* out);                                                                      \
   void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);           \
   void release_workspace();                                                           \
@@ -34,7 +34,9 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
 // Paged KV cache (paged_decode_kernel.cpp): token writes with page metadata, Quest bounds
 // [B, H_kv, max_pages] (q float32 [B, H_q, D]), decode over all or selected pages.
 void paged_kv_write(const PagedKVWrite& w);
-void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, float* out);
+// q_is_bf16: q's values are exact in bf16 (a bf16 q), which allows the bf16 dot-product path.
+void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce,
+                  float* out);
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);
 // Frees the calling thread's packed-K/V workspace (it is kept between calls otherwise).
 void release_workspace();

@@ -49,8 +49,9 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
 #define SA_PICK(fn) DEFAULT::fn
 #endif
 void paged_kv_write(const PagedKVWrite& w) { SA_PICK(paged_kv_write)(w); }
-void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce, float* out) {
-  SA_PICK(quest_scores)(p, dtype, q, heads_q, sum_reduce, out);
+void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce,
+                  float* out) {
+  SA_PICK(quest_scores)(p, dtype, q, q_is_bf16, heads_q, sum_reduce, out);
 }
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
   SA_PICK(paged_decode)(p, sel, io);

@@ -140,52 +140,6 @@ void page_bounds(const float* q, const float* mx, const float* mn, int64_t D, in
   hsum(acc, G, out);
 }
 
-template <typename T>
-void scores(const PagedKVParams& p, const float* q, int64_t heads_q, bool sum_reduce, float* out) {
-  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = heads_q / Hkv;
-  const auto* kmax = static_cast<const T*>(p.k_max);
-  const auto* kmin = static_cast<const T*>(p.k_min);
-  // Items are (sequence, chunk of pages) over all KV heads: a page's metadata rows of every
-  // head are adjacent, so each item reads two sequential streams (one head at a time read
-  // 256-byte rows 2 KB apart, at half the speed).
-  constexpr int64_t kChunkPages = 256;
-  const int64_t nchunks = std::max<int64_t>(1, (p.max_pages + kChunkPages - 1) / kChunkPages);
-  at::parallel_for(0, p.batch * nchunks, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> mx(D), mn(D), r(G);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / nchunks, c = i % nchunks;
-      const int64_t npages = (p.seqlens[b] + p.page_size - 1) / p.page_size;
-      const int64_t j0 = c * kChunkPages, j1 = std::min(p.max_pages, j0 + kChunkPages);
-      for (int64_t j = j0; j < j1; ++j) {
-        if (j >= npages) {
-          for (int64_t g = 0; g < Hkv; ++g) out[(b * Hkv + g) * p.max_pages + j] = -INFINITY;
-          continue;
-        }
-        const int64_t page = p.page_table[b * p.table_stride + j];
-        for (int64_t g = 0; g < Hkv; ++g) {
-          const float* qg = q + (b * heads_q + g * G) * D;
-          to_float(kmax + page * p.meta_stride[0] + g * p.meta_stride[1], mx.data(), D);
-          to_float(kmin + page * p.meta_stride[0] + g * p.meta_stride[1], mn.data(), D);
-          switch (G) {
-            case 1: page_bounds<1>(qg, mx.data(), mn.data(), D, G, r.data()); break;
-            case 2: page_bounds<2>(qg, mx.data(), mn.data(), D, G, r.data()); break;
-            case 4: page_bounds<4>(qg, mx.data(), mn.data(), D, G, r.data()); break;
-            case 8: page_bounds<8>(qg, mx.data(), mn.data(), D, G, r.data()); break;
-            default: page_bounds<0>(qg, mx.data(), mn.data(), D, G, r.data()); break;
-          }
-          float red = sum_reduce ? 0.f : -INFINITY;
-          for (int64_t h = 0; h < G; ++h) red = sum_reduce ? red + r[h] : std::max(red, r[h]);
-          out[(b * Hkv + g) * p.max_pages + j] = red;
-        }
-      }
-    }
-  });
-}
-
-// One page of one KV head for the G query heads of its group: scores, online softmax,
-// accumulation. K/V rows (row stride ld) are converted to float32 once per page; the
-// scores take one reduction tree per four heads, the P V product keeps each head's output
-// chunk in registers across the page's rows.
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
 inline bool cpu_has_avx512_bf16() {
   static const bool ok = __builtin_cpu_supports("avx512bf16");
@@ -213,7 +167,110 @@ __attribute__((target("avx512bf16"))) void scores_bf16(const c10::BFloat16* kp, 
     for (int h = 0; h < kG; ++h) s[h * ps + t] = r[h] * scale;
   }
 }
+
+// Quest bounds of one page from bf16 metadata: max(q kmax, q kmin) = q+ kmax + q- kmin
+// with q+ = max(q, 0), q- = min(q, 0) (kmax >= kmin), i.e. two dot products, which the
+// bf16 dot-product instruction computes with exact products and float32 sums. q+/q- must
+// be exact in bf16 (q itself bf16), else the bound could fall below q . k.
+template <int kG>
+__attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16* mx, const c10::BFloat16* mn,
+                                                            const c10::BFloat16* qpos, const c10::BFloat16* qneg,
+                                                            int64_t D, float* out) {
+  Vec a[kG];
+  for (int h = 0; h < kG; ++h) a[h] = Vec(0.f);
+  for (int64_t d = 0; d < D; d += 32) {
+    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mx + d));
+    const __m512bh n = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mn + d));
+    for (int h = 0; h < kG; ++h) {
+      __m512 t = _mm512_dpbf16_ps(a[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qpos + h * D + d)), x);
+      a[h] = Vec(_mm512_dpbf16_ps(t, reinterpret_cast<__m512bh>(_mm512_loadu_si512(qneg + h * D + d)), n));
+    }
+  }
+  hsum(a, kG, out);
+}
 #endif
+
+template <typename T>
+void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce, float* out) {
+  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = heads_q / Hkv;
+  bool fast_bf16 = false;
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+  fast_bf16 = std::is_same_v<T, c10::BFloat16> && q_is_bf16 && D % 32 == 0 && (G == 1 || G == 2 || G == 4 || G == 8) &&
+              cpu_has_avx512_bf16();
+#endif
+  const auto* kmax = static_cast<const T*>(p.k_max);
+  const auto* kmin = static_cast<const T*>(p.k_min);
+  // Items are (sequence, chunk of pages) over all KV heads: a page's metadata rows of every
+  // head are adjacent, so each item reads two sequential streams (one head at a time read
+  // 256-byte rows 2 KB apart, at half the speed).
+  constexpr int64_t kChunkPages = 256;
+  const int64_t nchunks = std::max<int64_t>(1, (p.max_pages + kChunkPages - 1) / kChunkPages);
+  at::parallel_for(0, p.batch * nchunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> mx(D), mn(D), r(G);
+    std::vector<c10::BFloat16> qpos(fast_bf16 ? heads_q * D : 0), qneg(fast_bf16 ? heads_q * D : 0);
+    int64_t q_of = -1;  // the sequence qpos/qneg hold
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / nchunks, c = i % nchunks;
+      if (fast_bf16 && q_of != b) {
+        for (int64_t x = 0; x < heads_q * D; ++x) {
+          const float v = q[b * heads_q * D + x];
+          qpos[x] = c10::BFloat16(v > 0.f ? v : 0.f);
+          qneg[x] = c10::BFloat16(v < 0.f ? v : 0.f);
+        }
+        q_of = b;
+      }
+      const int64_t npages = (p.seqlens[b] + p.page_size - 1) / p.page_size;
+      const int64_t j0 = c * kChunkPages, j1 = std::min(p.max_pages, j0 + kChunkPages);
+      for (int64_t j = j0; j < j1; ++j) {
+        if (j >= npages) {
+          for (int64_t g = 0; g < Hkv; ++g) out[(b * Hkv + g) * p.max_pages + j] = -INFINITY;
+          continue;
+        }
+        const int64_t page = p.page_table[b * p.table_stride + j];
+        for (int64_t g = 0; g < Hkv; ++g) {
+          const float* qg = q + (b * heads_q + g * G) * D;
+          const T* mxr = kmax + page * p.meta_stride[0] + g * p.meta_stride[1];
+          const T* mnr = kmin + page * p.meta_stride[0] + g * p.meta_stride[1];
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+          if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            if (fast_bf16) {
+              const c10::BFloat16* qp = qpos.data() + g * G * D;
+              const c10::BFloat16* qn = qneg.data() + g * G * D;
+              switch (G) {
+                case 1: page_bounds_bf16<1>(mxr, mnr, qp, qn, D, r.data()); break;
+                case 2: page_bounds_bf16<2>(mxr, mnr, qp, qn, D, r.data()); break;
+                case 4: page_bounds_bf16<4>(mxr, mnr, qp, qn, D, r.data()); break;
+                default: page_bounds_bf16<8>(mxr, mnr, qp, qn, D, r.data()); break;
+              }
+              float red = sum_reduce ? 0.f : -INFINITY;
+              for (int64_t h = 0; h < G; ++h) red = sum_reduce ? red + r[h] : std::max(red, r[h]);
+              out[(b * Hkv + g) * p.max_pages + j] = red;
+              continue;
+            }
+          }
+#endif
+          to_float(mxr, mx.data(), D);
+          to_float(mnr, mn.data(), D);
+          switch (G) {
+            case 1: page_bounds<1>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 2: page_bounds<2>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 4: page_bounds<4>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 8: page_bounds<8>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            default: page_bounds<0>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+          }
+          float red = sum_reduce ? 0.f : -INFINITY;
+          for (int64_t h = 0; h < G; ++h) red = sum_reduce ? red + r[h] : std::max(red, r[h]);
+          out[(b * Hkv + g) * p.max_pages + j] = red;
+        }
+      }
+    }
+  });
+}
+
+// One page of one KV head for the G query heads of its group: scores, online softmax,
+// accumulation. K/V rows (row stride ld) are converted to float32 once per page; the
+// scores take one reduction tree per four heads, the P V product keeps each head's output
+// chunk in registers across the page's rows.
 
 // kG > 0: the group size at compile time, so the per-head accumulators stay in registers
 // (with a run-time G they lived on the stack: 2x slower); kG == 0: any G.
@@ -413,7 +470,9 @@ void by_dtype(DType dt, Args&&... args) {
 }
 template <typename T> struct WriteF { static void run(const PagedKVWrite& w) { write_tokens<T>(w); } };
 template <typename T> struct ScoresF {
-  static void run(const PagedKVParams& p, const float* q, int64_t hq, bool sum, float* out) { scores<T>(p, q, hq, sum, out); }
+  static void run(const PagedKVParams& p, const float* q, bool qb, int64_t hq, bool sum, float* out) {
+    scores<T>(p, q, qb, hq, sum, out);
+  }
 };
 template <typename T> struct DecodeF {
   static void run(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) { decode<T>(p, sel, io); }
@@ -423,9 +482,9 @@ template <typename T> struct DecodeF {
 
 void paged_kv_write(const PagedKVWrite& w) { by_dtype<WriteF>(w.dtype, w); }
 
-void quest_scores(const PagedKVParams& p, DType dtype, const float* q, int64_t heads_q, bool sum_reduce,
-                  float* out) {
-  by_dtype<ScoresF>(dtype, p, q, heads_q, sum_reduce, out);
+void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q,
+                  bool sum_reduce, float* out) {
+  by_dtype<ScoresF>(dtype, p, q, q_is_bf16, heads_q, sum_reduce, out);
 }
 
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
