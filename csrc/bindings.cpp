@@ -376,6 +376,33 @@ at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const 
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, const at::Tensor& seqlens,
+                                                     int64_t page_size, int64_t token_budget, int64_t sink_pages,
+                                                     int64_t recent_pages) {
+  TORCH_CHECK_VALUE(scores.scalar_type() == at::kFloat && scores.dim() == 3,
+                    "scores must be float32 [batch, heads_kv, max_pages], got ", scores.scalar_type(), " ",
+                    scores.sizes());
+  TORCH_CHECK_VALUE(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == scores.size(0),
+                    "seqlens must be int32 [batch] with batch ", scores.size(0), ", got ", seqlens.sizes());
+  TORCH_CHECK_VALUE(page_size >= 1, "page_size must be >= 1, got ", page_size);
+  TORCH_CHECK_VALUE(token_budget >= 1, "token_budget must be >= 1, got ", token_budget);
+  TORCH_CHECK_VALUE(sink_pages >= 0 && recent_pages >= 0, "sink_pages and recent_pages must be >= 0");
+  const int64_t P = scores.size(2);
+  const int64_t k = std::min(std::max((token_budget + page_size - 1) / page_size, sink_pages + recent_pages), P);
+  const at::Tensor sc = scores.contiguous();
+  const at::Tensor sl = seqlens.contiguous();
+  const int32_t* len = sl.data_ptr<int32_t>();
+  for (int64_t b = 0; b < sl.size(0); ++b)
+    TORCH_CHECK_VALUE(len[b] >= 0 && (len[b] + page_size - 1) / page_size <= P, "seqlens[", b, "] = ", len[b],
+                      " needs more pages than scores has (", P, ")");
+  at::Tensor pages = at::empty({scores.size(0), scores.size(1), k}, scores.options().dtype(at::kInt));
+  at::Tensor counts = at::empty({scores.size(0), scores.size(1)}, scores.options().dtype(at::kInt));
+  if (counts.numel() > 0)
+    cpu::select_pages(sc.data_ptr<float>(), scores.size(0), scores.size(1), P, len, page_size, k, sink_pages,
+                      recent_pages, pages.data_ptr<int32_t>(), counts.data_ptr<int32_t>());
+  return {pages, counts};
+}
+
 at::Tensor paged_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
                                       const at::Tensor& page_table, const at::Tensor& seqlens,
                                       const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
@@ -447,6 +474,9 @@ TORCH_LIBRARY(sparse_attn, m) {
       "quest_scores(Tensor q, Tensor k_max, Tensor k_min, Tensor page_table, Tensor seqlens, int page_size, "
       "bool sum_reduce) -> Tensor");
   m.def(
+      "quest_select(Tensor scores, Tensor seqlens, int page_size, int token_budget, int sink_pages, "
+      "int recent_pages) -> (Tensor, Tensor)");
+  m.def(
       "paged_decode_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
       "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale) -> Tensor");
 }
@@ -458,6 +488,7 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("vertical_slash_index", &sparse_attn::vertical_slash_index_cpu);
   m.impl("paged_kv_write", &sparse_attn::paged_kv_write_cpu);
   m.impl("quest_scores", &sparse_attn::quest_scores_cpu);
+  m.impl("quest_select", &sparse_attn::quest_select_cpu);
   m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cpu);
 }
 

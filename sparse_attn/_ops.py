@@ -48,6 +48,13 @@ def _quest_scores_fake(q, k_max, k_min, page_table, seqlens, page_size, sum_redu
     return q.new_empty((page_table.shape[0], k_max.shape[1], page_table.shape[1]), dtype=torch.float32)
 
 
+@torch.library.register_fake("sparse_attn::quest_select")
+def _quest_select_fake(scores, seqlens, page_size, token_budget, sink_pages, recent_pages):
+    B, H, P = scores.shape
+    k = min(max(-(-token_budget // page_size), sink_pages + recent_pages), P)
+    return scores.new_empty((B, H, k), dtype=torch.int32), scores.new_empty((B, H), dtype=torch.int32)
+
+
 @torch.library.register_fake("sparse_attn::paged_decode_attention")
 def _paged_decode_attention_fake(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale):
     return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)

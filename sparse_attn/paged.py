@@ -188,25 +188,12 @@ def select_pages(scores: torch.Tensor, cache: PagedKVCache, *, token_budget: int
     _check_int("token_budget", token_budget, 1, op)
     _check_int("sink_pages", sink_pages, 0, op)
     _check_int("recent_pages", recent_pages, 0, op)
-    B, Hkv, P = scores.shape
-    ps = cache.page_size
-    npages = (cache.seqlens.to(torch.int64) + ps - 1) // ps                      # [B]
-    K = min(max(-(-token_budget // ps), sink_pages + recent_pages), P)
-    idx = torch.arange(P, device=scores.device)
-    valid = idx[None, :] < npages[:, None]                                      # [B, P]
-    forced = (idx[None, :] < sink_pages) | (idx[None, :] >= npages[:, None] - recent_pages)
-    # Forced pages rank above every score and pages past the sequence below: scores of
-    # +-inf (or NaN) are first clamped to the finite range so that they cannot tie with them.
-    big = torch.finfo(torch.float32).max
-    s = torch.nan_to_num(scores.to(torch.float32), nan=-big, posinf=big, neginf=-big)
-    s = s.masked_fill(forced[:, None, :], float("inf")).masked_fill(~valid[:, None, :], float("-inf"))
-    top = torch.topk(s, K, dim=-1).indices                                      # [B, Hkv, K]
-    counts = npages.clamp(max=K).to(torch.int32)[:, None].expand(B, Hkv).contiguous()
-    # Keep the valid picks (the first counts of the top-k are the valid pages), ascending.
-    keep = torch.arange(K, device=scores.device)[None, None, :] < counts[..., None]
-    pages = torch.where(keep, top, torch.full_like(top, P)).sort(dim=-1).values
-    pages = torch.where(pages == P, torch.zeros_like(pages), pages).to(torch.int32)
-    return pages.contiguous(), counts
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.shape[0] != cache.batch_size:
+        raise ValueError(f"{op}: scores must be [batch={cache.batch_size}, heads_kv, max_pages], got "
+                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+    # Ties (and NaN, ranked lowest) go to the lower page index, as in the reference.
+    return ops.quest_select(scores.to(torch.float32), cache.seqlens, cache.page_size, token_budget, sink_pages,
+                            recent_pages)
 
 
 def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,

@@ -56,6 +56,13 @@ void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
   SA_PICK(paged_decode)(p, sel, io);
 }
+void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens,
+                  int64_t page_size, int64_t k, int64_t sink_pages, int64_t recent_pages, int32_t* pages,
+                  int32_t* counts) {
+  // Integer and comparison code: the generic build is as fast.
+  DEFAULT::select_pages(scores, batch, heads_kv, max_pages, seqlens, page_size, k, sink_pages, recent_pages, pages,
+                        counts);
+}
 #undef SA_PICK
 
 void release_workspace() {

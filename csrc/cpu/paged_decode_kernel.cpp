@@ -480,6 +480,43 @@ template <typename T> struct DecodeF {
 
 }  // namespace
 
+void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens,
+                  int64_t page_size, int64_t k, int64_t sink_pages, int64_t recent_pages, int32_t* pages,
+                  int32_t* counts) {
+  at::parallel_for(0, batch * heads_kv, 16, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> cand;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / heads_kv;
+      const int64_t n = std::min<int64_t>((seqlens[b] + page_size - 1) / page_size, max_pages);
+      const float* sc = scores + i * max_pages;
+      int32_t* out = pages + i * k;
+      int64_t c = 0;
+      if (n <= k) {  // the budget covers the sequence: every page
+        for (int64_t j = 0; j < n; ++j) out[c++] = static_cast<int32_t>(j);
+      } else {
+        // Forced: the first sink_pages and the last recent_pages (may exceed k on their own).
+        const int64_t s_end = std::min(sink_pages, n), r_begin = std::max(n - recent_pages, s_end);
+        for (int64_t j = 0; j < s_end; ++j) out[c++] = static_cast<int32_t>(j);
+        const int64_t forced = s_end + (n - r_begin), want = std::max<int64_t>(k - forced, 0);
+        cand.resize(r_begin - s_end);
+        for (int64_t j = s_end; j < r_begin; ++j) cand[j - s_end] = static_cast<int32_t>(j);
+        // Highest score first, ties (and NaN, ranked lowest) by lower page index, as the reference.
+        auto better = [&](int32_t a, int32_t b2) {
+          const float x = std::isnan(sc[a]) ? -INFINITY : sc[a], y = std::isnan(sc[b2]) ? -INFINITY : sc[b2];
+          return x > y || (x == y && a < b2);
+        };
+        const int64_t take = std::min<int64_t>(want, cand.size());
+        std::nth_element(cand.begin(), cand.begin() + take, cand.end(), better);
+        std::sort(cand.begin(), cand.begin() + take);
+        for (int64_t t = 0; t < take; ++t) out[c++] = cand[t];
+        for (int64_t j = r_begin; j < n; ++j) out[c++] = static_cast<int32_t>(j);
+      }
+      counts[i] = static_cast<int32_t>(c);
+      for (int64_t t = c; t < k; ++t) out[t] = 0;
+    }
+  });
+}
+
 void paged_kv_write(const PagedKVWrite& w) { by_dtype<WriteF>(w.dtype, w); }
 
 void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q,
