@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -362,13 +363,16 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
   const auto* V = static_cast<const T*>(p.v_pages);
   const auto* Q = static_cast<const T*>(io.q);
   auto* O = static_cast<T*>(io.out);
-  const int64_t nchunks = std::max<int64_t>(1, (std::max(p.max_pages, sel ? sel->capacity : 0) + kPagesPerChunk - 1) /
+  // A selection lists at most `capacity` pages per head, a dense walk up to max_pages.
+  const int64_t nchunks = std::max<int64_t>(1, ((sel ? sel->capacity : p.max_pages) + kPagesPerChunk - 1) /
                                                    kPagesPerChunk);
   const int64_t head_groups = sel ? Hkv : 1;  // KV heads split across items
   const int64_t heads_per_item = sel ? 1 : Hkv;
   // Partials [B, Hq, nchunks]: state and D outputs; chunks past a sequence stay empty.
   std::vector<SoftmaxRowState> part_state(p.batch * io.heads_q * nchunks, SoftmaxRowState::empty());
-  std::vector<float> part_acc(p.batch * io.heads_q * nchunks * D);
+  // Outputs of empty chunks are never read (their state stays empty): no zero fill.
+  std::unique_ptr<float[]> part_acc_buf(new float[p.batch * io.heads_q * nchunks * D]);
+  float* const part_acc = part_acc_buf.get();
   const int64_t items = p.batch * head_groups * nchunks;
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> qf(G * D), kf(ps * D), vf(ps * D), s(G * ps);
@@ -387,7 +391,7 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
           at::vec::map([sc = io.scale](Vec x) { return x * Vec(sc); }, qf.data() + h * D, qf.data() + h * D, D);
         }
         const int64_t slot0 = (b * io.heads_q + g * G) * nchunks + c;  // head h: slot0 + h * nchunks
-        float* acc = part_acc.data() + slot0 * D;
+        float* acc = part_acc + slot0 * D;
         for (int64_t h = 0; h < G; ++h) {
           st[h] = SoftmaxRowState::empty();
           std::fill(acc + h * nchunks * D, acc + h * nchunks * D + D, 0.f);
@@ -444,7 +448,7 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
         const SoftmaxRowState& pc = part_state[r * nchunks + c];
         if (pc.sum == 0.f) continue;
         const MergeFactors f = merge_into(st, pc);
-        const float* pa = part_acc.data() + (r * nchunks + c) * D;
+        const float* pa = part_acc + (r * nchunks + c) * D;
         for (int64_t d = 0; d < D; ++d) out[d] = out[d] * f.a + pa[d] * f.b;
       }
       const float inv = st.inv_sum();
