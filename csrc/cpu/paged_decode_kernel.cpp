@@ -204,7 +204,7 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
   // Items are (sequence, chunk of pages) over all KV heads: a page's metadata rows of every
   // head are adjacent, so each item reads two sequential streams (one head at a time read
   // 256-byte rows 2 KB apart, at half the speed).
-  constexpr int64_t kChunkPages = 256;
+  constexpr int64_t kChunkPages = 64;  // enough items to balance two threads at B = 1
   const int64_t nchunks = std::max<int64_t>(1, (p.max_pages + kChunkPages - 1) / kChunkPages);
   at::parallel_for(0, p.batch * nchunks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> mx(D), mn(D), r(G);
