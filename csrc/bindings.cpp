@@ -5,6 +5,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "cpu/attention_kernel.h"
 #include "sparse_attn/causal.h"
 #include "sparse_attn/params.h"
+#include "sparse_attn/stream_k.h"
 #include "sparse_attn/validate.h"
 
 #ifdef SA_WITH_CUDA
@@ -497,6 +499,24 @@ PYBIND11_MODULE(_C, mod) {
   mod.attr("__version__") = SPARSE_ATTN_VERSION;
   mod.def("release_workspace", &sparse_attn::cpu::release_workspace,
           "free the calling thread's packed K/V workspace (kept between calls to avoid page faults)");
+  mod.def(
+      "stream_k_segments",
+      [](const std::vector<int64_t>& tiles_per_output, int64_t workers) {
+        TORCH_CHECK_VALUE(workers >= 1, "workers must be >= 1, got ", workers);
+        std::vector<int64_t> offsets(tiles_per_output.size() + 1, 0);
+        for (size_t o = 0; o < tiles_per_output.size(); ++o) {
+          TORCH_CHECK_VALUE(tiles_per_output[o] >= 0, "tiles_per_output[", o, "] is negative");
+          offsets[o + 1] = offsets[o] + tiles_per_output[o];
+        }
+        std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>> out(workers);
+        const int64_t n = static_cast<int64_t>(tiles_per_output.size());
+        for (int64_t w = 0; w < workers; ++w)
+          sparse_attn::stream_k_segments(offsets.data(), n, workers, w, [&](const sparse_attn::StreamKSegment& s) {
+            out[w].emplace_back(s.output, s.tile_begin, s.tile_end, s.host);
+          });
+        return out;
+      },
+      "stream-K partition (stream_k.h): per worker, its segments (output, tile_begin, tile_end, host)");
   mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");
