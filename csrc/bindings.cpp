@@ -405,10 +405,62 @@ std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, co
   return {pages, counts};
 }
 
-at::Tensor paged_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-                                      const at::Tensor& page_table, const at::Tensor& seqlens,
-                                      const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
-                                      at::Tensor& out, double scale) {
+// Checks a stream-K plan against the cache and the selection it is run with: the tiles of
+// every output and the partial slots must be what the plan was built for, so that no
+// worker writes outside the workspace (a plan goes stale when sequences grow).
+StreamKPlan make_stream_k_plan(const PagedKVParams& p, const PageSelection* sel, int64_t G, const at::Tensor& offsets,
+                               const at::Tensor& slot_base, int64_t workers, int64_t tile_pages, at::Tensor& ws_state,
+                               at::Tensor& ws_acc) {
+  const int64_t outputs = p.batch * p.heads_kv;
+  for (const auto* t : {&offsets, &slot_base}) {
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->dim() == 1 && t->size(0) == outputs + 1 && t->is_contiguous(),
+                      "plan: offsets and slot_base must be contiguous int64 [batch * heads_kv + 1] = [", outputs + 1,
+                      "]; rebuild the plan with plan_decode");
+  }
+  TORCH_CHECK_VALUE(workers >= 1 && tile_pages >= 1, "plan: workers and tile_pages must be >= 1");
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  const int64_t* sb = slot_base.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(off[0] == 0 && sb[0] == 0, "plan: offsets and slot_base must start at 0");
+  for (int64_t o = 0; o < outputs; ++o) {
+    const int64_t b = o / p.heads_kv, g = o % p.heads_kv;
+    const int64_t n = sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]]
+                          : (p.seqlens[b] + p.page_size - 1) / p.page_size;
+    const int64_t tiles = (n + tile_pages - 1) / tile_pages;
+    TORCH_CHECK_VALUE(off[o + 1] - off[o] == tiles, "plan: sequence ", b, ", KV head ", g, " has ", tiles,
+                      " tiles of ", tile_pages, " pages but the plan has ", off[o + 1] - off[o],
+                      "; the plan is stale (the cache or the selection changed): rebuild it with plan_decode");
+  }
+  const int64_t total = off[outputs];
+  for (int64_t o = 0; o < outputs; ++o) {
+    const int64_t n = off[o + 1] - off[o];
+    const int64_t want = n == 0 ? 0 : stream_k_worker_of(total, workers, off[o + 1] - 1) -
+                                          stream_k_worker_of(total, workers, off[o]) + 1;
+    TORCH_CHECK_VALUE(sb[o + 1] - sb[o] == want, "plan: slot_base does not match offsets and workers");
+  }
+  const int64_t slots = sb[outputs];
+  TORCH_CHECK_VALUE(ws_state.scalar_type() == at::kFloat && ws_state.is_contiguous() && ws_state.numel() >= slots * G * 2,
+                    "plan: ws_state must be contiguous float32 with room for ", slots * G * 2, " values");
+  TORCH_CHECK_VALUE(ws_acc.scalar_type() == at::kFloat && ws_acc.is_contiguous() &&
+                        ws_acc.numel() >= slots * G * p.head_dim,
+                    "plan: ws_acc must be contiguous float32 with room for ", slots * G * p.head_dim, " values");
+  StreamKPlan plan;
+  plan.offsets = off, plan.slot_base = sb, plan.workers = workers, plan.tile_pages = tile_pages;
+  plan.ws_state = ws_state.data_ptr<float>(), plan.ws_acc = ws_acc.data_ptr<float>();
+  return plan;
+}
+
+struct StreamKArgs {
+  const at::Tensor* offsets;
+  const at::Tensor* slot_base;
+  int64_t workers, tile_pages;
+  at::Tensor* ws_state;
+  at::Tensor* ws_acc;
+};
+
+at::Tensor paged_decode_impl(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                             const at::Tensor& page_table, const at::Tensor& seqlens,
+                             const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                             at::Tensor& out, double scale, const StreamKArgs* sk) {
   check_pages_tensor(k_pages, "k_pages");
   check_pages_tensor(v_pages, "v_pages");
   const int64_t Hkv = k_pages.size(2), D = k_pages.size(3);
@@ -448,8 +500,31 @@ at::Tensor paged_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_p
   io.q_stride[0] = q.stride(0), io.q_stride[1] = q.stride(1);
   io.o_stride[0] = out.stride(0), io.o_stride[1] = out.stride(1);
   io.scale = static_cast<float>(scale), io.dtype = to_dtype(q, "q");
-  if (q.numel() > 0) cpu::paged_decode(p, pages ? &sel : nullptr, io);
+  if (sk != nullptr) {
+    const StreamKPlan plan = make_stream_k_plan(p, pages ? &sel : nullptr, q.size(1) / Hkv, *sk->offsets,
+                                                *sk->slot_base, sk->workers, sk->tile_pages, *sk->ws_state, *sk->ws_acc);
+    if (q.numel() > 0) cpu::paged_decode_stream_k(p, pages ? &sel : nullptr, io, plan);
+  } else if (q.numel() > 0) {
+    cpu::paged_decode(p, pages ? &sel : nullptr, io);
+  }
   return lse;
+}
+
+at::Tensor paged_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                      const at::Tensor& page_table, const at::Tensor& seqlens,
+                                      const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                      at::Tensor& out, double scale) {
+  return paged_decode_impl(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, nullptr);
+}
+
+at::Tensor paged_decode_stream_k_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                     const at::Tensor& page_table, const at::Tensor& seqlens,
+                                     const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                     at::Tensor& out, double scale, const at::Tensor& offsets,
+                                     const at::Tensor& slot_base, int64_t workers, int64_t tile_pages,
+                                     at::Tensor& ws_state, at::Tensor& ws_acc) {
+  const StreamKArgs sk{&offsets, &slot_base, workers, tile_pages, &ws_state, &ws_acc};
+  return paged_decode_impl(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, &sk);
 }
 
 }  // namespace
@@ -481,6 +556,10 @@ TORCH_LIBRARY(sparse_attn, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
       "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale) -> Tensor");
+  m.def(
+      "paged_decode_stream_k(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
+      "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale, Tensor offsets, Tensor slot_base, int workers, "
+      "int tile_pages, Tensor(b!) ws_state, Tensor(c!) ws_acc) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
@@ -492,6 +571,7 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("quest_scores", &sparse_attn::quest_scores_cpu);
   m.impl("quest_select", &sparse_attn::quest_select_cpu);
   m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cpu);
+  m.impl("paged_decode_stream_k", &sparse_attn::paged_decode_stream_k_cpu);
 }
 
 PYBIND11_MODULE(_C, mod) {
@@ -517,6 +597,26 @@ PYBIND11_MODULE(_C, mod) {
         return out;
       },
       "stream-K partition (stream_k.h): per worker, its segments (output, tile_begin, tile_end, host)");
+  mod.def(
+      "stream_k_slots",
+      [](const std::vector<int64_t>& tiles_per_output, int64_t workers) {
+        TORCH_CHECK_VALUE(workers >= 1, "workers must be >= 1, got ", workers);
+        int64_t total = 0;
+        for (int64_t n : tiles_per_output) {
+          TORCH_CHECK_VALUE(n >= 0, "tiles_per_output holds a negative count");
+          total += n;
+        }
+        std::vector<int64_t> slots;  // per output: how many workers its tiles span
+        int64_t t = 0;
+        for (int64_t n : tiles_per_output) {
+          slots.push_back(n == 0 ? 0
+                                 : sparse_attn::stream_k_worker_of(total, workers, t + n - 1) -
+                                       sparse_attn::stream_k_worker_of(total, workers, t) + 1);
+          t += n;
+        }
+        return slots;
+      },
+      "stream-K: per output, the number of partials (workers its tiles span)");
   mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");

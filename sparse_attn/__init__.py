@@ -11,19 +11,22 @@ from ._version import __version__
 from .attention import block_sparse_attention, streaming_attention
 from .build import build_info
 from .masks import BlockSparseMask, estimate_block_sparse, streaming_mask
-from .paged import PagedKVCache, paged_decode_attention, quest_decode, quest_scores, select_pages
+from .paged import (DecodePlan, PagedKVCache, paged_decode_attention, plan_decode, quest_decode, quest_scores,
+                    select_pages)
 from .vertical_slash import vertical_slash_attention, vertical_slash_index
 from .vertical_slash_estimator import estimate_vertical_slash
 
 __all__ = [
     "__version__",
     "BlockSparseMask",
+    "DecodePlan",
     "PagedKVCache",
     "block_sparse_attention",
     "build_info",
     "estimate_block_sparse",
     "estimate_vertical_slash",
     "paged_decode_attention",
+    "plan_decode",
     "quest_decode",
     "quest_scores",
     "select_pages",

@@ -58,3 +58,9 @@ def _quest_select_fake(scores, seqlens, page_size, token_budget, sink_pages, rec
 @torch.library.register_fake("sparse_attn::paged_decode_attention")
 def _paged_decode_attention_fake(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale):
     return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("sparse_attn::paged_decode_stream_k")
+def _paged_decode_stream_k_fake(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, offsets,
+                                slot_base, workers, tile_pages, ws_state, ws_acc):
+    return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)

@@ -18,13 +18,15 @@ Example::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from ._ops import ops
 
-__all__ = ["PagedKVCache", "quest_scores", "select_pages", "paged_decode_attention", "quest_decode"]
+__all__ = ["PagedKVCache", "quest_scores", "select_pages", "paged_decode_attention", "quest_decode", "DecodePlan",
+           "plan_decode"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -196,14 +198,91 @@ def select_pages(scores: torch.Tensor, cache: PagedKVCache, *, token_budget: int
                             recent_pages)
 
 
+@dataclass
+class DecodePlan:
+    """A stream-K decode schedule (LeanAttention) for one cache state and page selection.
+
+    The outputs (sequence, KV head) in order, each with ``ceil(pages / tile_pages)`` tiles,
+    lie on one line that ``workers`` workers split evenly (the first ``T mod workers`` get one
+    tile more); a worker's range may span several outputs, and an output spread over several
+    workers is merged after a barrier, in worker order (deterministic). Holds its workspace,
+    so running it allocates nothing per call. It goes stale when the tile counts change (a
+    sequence grows past a tile, another selection): running a stale plan raises.
+    """
+    offsets: torch.Tensor  # int64 [B * H_kv + 1], first tile of each output
+    slot_base: torch.Tensor  # int64 [B * H_kv + 1], first partial slot of each output
+    workers: int
+    tile_pages: int
+    selected: bool  # built for a page selection (pages/counts) rather than every page
+    ws_state: torch.Tensor  # float32 [slots, G, 2]
+    ws_acc: torch.Tensor  # float32 [slots, G, head_dim]
+
+    @property
+    def total_tiles(self) -> int:
+        return int(self.offsets[-1])
+
+
+def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tensor] = None,
+                counts: Optional[torch.Tensor] = None, num_workers: Optional[int] = None,
+                tile_tokens: Optional[int] = None) -> DecodePlan:
+    """Plans stream-K decode over ``cache`` (every page, or the selection ``pages``/``counts``
+    of :func:`select_pages`) for ``heads_q`` query heads; run it with
+    ``paged_decode_attention(q, cache, pages=..., counts=..., plan=plan)``.
+
+    ``num_workers`` defaults to ``torch.get_num_threads()``; a tile is ``tile_tokens`` tokens
+    (default 256, rounded to whole pages). Planning is separate from running so a serving
+    loop can reuse a plan while the tile counts stay the same.
+
+    Example::
+
+        import torch, sparse_attn
+        cache = sparse_attn.PagedKVCache(64, 16, 2, 64, batch_size=2, max_pages_per_seq=32)
+        k = torch.randn(2, 300, 2, 64, dtype=torch.bfloat16)
+        cache.prefill(k, k, seqlens=torch.tensor([300, 20]))
+        plan = sparse_attn.plan_decode(cache, heads_q=8, num_workers=2)
+        out = sparse_attn.paged_decode_attention(torch.randn(2, 8, 64, dtype=torch.bfloat16), cache, plan=plan)
+    """
+    from . import _C
+
+    op = "plan_decode"
+    Hkv, D, ps = cache.k_pages.shape[2], cache.k_pages.shape[3], cache.page_size
+    _check_int("heads_q", heads_q, 1, op)
+    if heads_q % Hkv:
+        raise ValueError(f"{op}: heads_q ({heads_q}) must be a multiple of the cache's heads_kv ({Hkv})")
+    workers = torch.get_num_threads() if num_workers is None else _check_int("num_workers", num_workers, 1, op)
+    tile_pages = max(1, (256 if tile_tokens is None else _check_int("tile_tokens", tile_tokens, 1, op)) // ps)
+    if (pages is None) != (counts is None):
+        raise ValueError(f"{op}: pages and counts must be given together")
+    if counts is not None:
+        if counts.shape != (cache.batch_size, Hkv):
+            raise ValueError(f"{op}: counts must be [{cache.batch_size}, {Hkv}], got {tuple(counts.shape)}")
+        per_output = counts.to(torch.int64).reshape(-1)
+    else:
+        npages = (cache.seqlens.to(torch.int64) + ps - 1) // ps
+        per_output = npages.repeat_interleave(Hkv)
+    tiles = ((per_output + tile_pages - 1) // tile_pages).tolist()
+    slots = _C.stream_k_slots(tiles, workers)
+    offsets = torch.zeros(len(tiles) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(tiles, dtype=torch.int64).cumsum(0) if tiles else offsets[1:]
+    slot_base = torch.zeros(len(tiles) + 1, dtype=torch.int64)
+    slot_base[1:] = torch.tensor(slots, dtype=torch.int64).cumsum(0) if slots else slot_base[1:]
+    n = int(slot_base[-1])
+    G = heads_q // Hkv
+    return DecodePlan(offsets, slot_base, workers, tile_pages, pages is not None,
+                      torch.empty(n, G, 2, dtype=torch.float32), torch.empty(n, G, D, dtype=torch.float32))
+
+
 def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,
                            counts: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                           return_lse: bool = False, out: Optional[torch.Tensor] = None):
+                           return_lse: bool = False, out: Optional[torch.Tensor] = None,
+                           plan: Optional[DecodePlan] = None):
     """Decode attention of one new token per sequence over the paged cache.
 
     ``q [B, heads_q, head_dim]`` (GQA: query head h reads KV head h // (heads_q / heads_kv)).
     With ``pages``/``counts`` (from :func:`select_pages`) KV head g of sequence b reads only
-    its listed logical pages; otherwise every page (dense). Ragged sequences. Returns ``out``
+    its listed logical pages; otherwise every page (dense). Ragged sequences. With ``plan``
+    (:func:`plan_decode`, built for the same cache state and selection) the work is split
+    stream-K over the plan's workers; otherwise by fixed chunks of pages. Returns ``out``
     ``[B, heads_q, head_dim]`` or ``(out, lse [B, heads_q])``.
     """
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
@@ -214,8 +293,19 @@ def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optio
     if out is None:
         out = torch.empty_like(q)
     sc = float(q.shape[-1] ** -0.5) if scale is None else float(scale)
-    lse = ops.paged_decode_attention(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, pages,
-                                     counts, out, sc)
+    if plan is None:
+        lse = ops.paged_decode_attention(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, pages,
+                                         counts, out, sc)
+    else:
+        if not isinstance(plan, DecodePlan) or plan.selected != (pages is not None):
+            raise ValueError("paged_decode_attention: plan must be a DecodePlan built for the same selection "
+                             "(with pages/counts if and only if they are passed here)")
+        if plan.ws_state.shape[1] * cache.k_pages.shape[2] != q.shape[1]:
+            raise ValueError(f"paged_decode_attention: the plan was built for {plan.ws_state.shape[1]} query heads per "
+                             f"KV head, q has {q.shape[1]} heads for {cache.k_pages.shape[2]} KV heads")
+        lse = ops.paged_decode_stream_k(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, pages,
+                                        counts, out, sc, plan.offsets, plan.slot_base, plan.workers, plan.tile_pages,
+                                        plan.ws_state, plan.ws_acc)
     return (out, lse) if return_lse else out
 
 

@@ -55,6 +55,29 @@ def same_precision_attention(q, k, v, mask, scale=None):
     return torch.matmul(p, vh).transpose(1, 2)
 
 
+def same_precision_decode(q, cache, pages=None, counts=None, scale=None):
+    """Plain PyTorch decode in the inputs' dtype over the gathered cache (the 2x yardstick)."""
+    B, Hq, D = q.shape
+    Hkv, ps = cache.k_pages.shape[2], cache.page_size
+    scale = D ** -0.5 if scale is None else scale
+    outs = []
+    for b in range(B):
+        k, v = ref.gather_kv(cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, b)
+        L = k.shape[0]
+        mask = torch.ones(Hkv, L, dtype=torch.bool)
+        if pages is not None:
+            lp = torch.arange(L) // ps
+            for g in range(Hkv):
+                mask[g] = (lp[:, None] == pages[b, g, : int(counts[b, g])].long()[None]).any(-1)
+        kh = k.transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
+        vh = v.transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
+        s = (kh @ q[b][:, :, None])[..., 0] * scale
+        s = s.masked_fill(~mask.repeat_interleave(Hq // Hkv, 0), float("-inf"))
+        p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
+        outs.append((p[:, None, :] @ vh)[:, 0])
+    return torch.stack(outs)
+
+
 def assert_close_2x(out, out_ref, out_pt, dtype, what=""):
     """flash-attention's rule: |out - ref| <= 2 |out_pt - ref| + atol (max over elements)."""
     assert torch.isfinite(out).all(), f"{what}: non-finite output"

@@ -10,7 +10,7 @@ from sparse_attn import reference as ref
 from sparse_attn.paged import (PagedKVCache, paged_decode_attention, quest_decode, quest_scores,
                                select_pages)
 
-from conftest import ATOL, assert_close_2x, assert_lse_close
+from conftest import ATOL, assert_close_2x, assert_lse_close, same_precision_decode
 
 
 def gen(seed):
@@ -197,29 +197,6 @@ def test_budget_covering_sequence_is_dense():
 
 
 # --------------------------------------------------------------------------- attention
-
-
-def same_precision_decode(q, cache, pages=None, counts=None, scale=None):
-    """Plain PyTorch decode in the inputs' dtype over the gathered cache (the 2x yardstick)."""
-    B, Hq, D = q.shape
-    Hkv, ps = cache.k_pages.shape[2], cache.page_size
-    scale = D ** -0.5 if scale is None else scale
-    outs = []
-    for b in range(B):
-        k, v = ref.gather_kv(cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, b)
-        L = k.shape[0]
-        mask = torch.ones(Hkv, L, dtype=torch.bool)
-        if pages is not None:
-            lp = torch.arange(L) // ps
-            for g in range(Hkv):
-                mask[g] = (lp[:, None] == pages[b, g, : int(counts[b, g])].long()[None]).any(-1)
-        kh = k.transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
-        vh = v.transpose(0, 1).repeat_interleave(Hq // Hkv, 0)
-        s = (kh @ q[b][:, :, None])[..., 0] * scale
-        s = s.masked_fill(~mask.repeat_interleave(Hq // Hkv, 0), float("-inf"))
-        p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
-        outs.append((p[:, None, :] @ vh)[:, 0])
-    return torch.stack(outs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

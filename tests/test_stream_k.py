@@ -53,3 +53,74 @@ def test_more_workers_than_tiles_and_empty():
     check_partition([0, 0], 2)
     assert _C.stream_k_segments([0, 3, 0, 2, 5], 3) == [
         [(1, 0, 3, True), (3, 0, 1, True)], [(3, 1, 2, False), (4, 0, 2, True)], [(4, 2, 5, False)]]
+
+
+# --------------------------------------------------------------------------- stream-K decode
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sparse_attn import reference as ref  # noqa: E402
+from sparse_attn.paged import (PagedKVCache, paged_decode_attention, plan_decode, quest_scores,  # noqa: E402
+                               select_pages)
+
+from conftest import assert_close_2x, assert_lse_close, same_precision_decode  # noqa: E402
+
+
+def small_cache(lens, Hkv, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cache = PagedKVCache(64, 16, Hkv, D, batch_size=len(lens), max_pages_per_seq=8, dtype=dtype)
+    k = torch.randn(len(lens), max(lens), Hkv, D, generator=g).to(dtype)
+    v = torch.randn(len(lens), max(lens), Hkv, D, generator=g).to(dtype)
+    cache.prefill(k, v, torch.tensor(lens))
+    return cache, torch.randn(len(lens), 2 * Hkv, D, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("select", [False, True])
+def test_stream_k_decode_every_worker_count(dtype, select):
+    """Ragged batch with an empty sequence, GQA 2:1, one page per tile: every worker count
+    from 1 to T + 3 gives the reference's result, and repeated runs are bit-identical."""
+    cache, q = small_cache([37, 0, 16, 5, 70], 2, 32, dtype)
+    pages = counts = None
+    if select:
+        pages, counts = select_pages(quest_scores(q, cache), cache, token_budget=32)
+    want, want_lse = ref.paged_decode_attention(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens,
+                                                pages=pages, counts=counts, return_lse=True)
+    pt = same_precision_decode(q, cache, pages, counts)
+    T = plan_decode(cache, heads_q=4, pages=pages, counts=counts, num_workers=1, tile_tokens=16).total_tiles
+    assert T >= 8
+    for workers in range(1, T + 4):
+        plan = plan_decode(cache, heads_q=4, pages=pages, counts=counts, num_workers=workers, tile_tokens=16)
+        out, lse = paged_decode_attention(q, cache, pages=pages, counts=counts, plan=plan, return_lse=True)
+        assert_close_2x(out, want, pt, dtype, f"workers={workers}")
+        assert_lse_close(lse, want_lse, f"workers={workers}")
+        again = paged_decode_attention(q, cache, pages=pages, counts=counts, plan=plan)
+        assert torch.equal(out, again), "stream-K merge must be deterministic"
+        assert (out[1] == 0).all() and torch.isinf(lse[1]).all()  # the empty sequence
+
+
+def test_stale_or_mismatched_plan_raises():
+    cache, q = small_cache([30, 40], 2, 32, torch.float32, seed=1)
+    plan = plan_decode(cache, heads_q=4, num_workers=3, tile_tokens=16)
+    paged_decode_attention(q, cache, plan=plan)
+    cache.append(torch.randn(2, 2, 32), torch.randn(2, 2, 32))  # 31, 41 tokens: still 2 and 3 pages
+    paged_decode_attention(q, cache, plan=plan)
+    for _ in range(8):  # 39, 49: the second sequence now needs a 4th page
+        cache.append(torch.randn(2, 2, 32), torch.randn(2, 2, 32))
+    with pytest.raises(ValueError, match="stale"):
+        paged_decode_attention(q, cache, plan=plan)
+    pages, counts = select_pages(quest_scores(q, cache), cache, token_budget=16)
+    with pytest.raises(ValueError, match="plan"):
+        paged_decode_attention(q, cache, pages=pages, counts=counts, plan=plan_decode(cache, heads_q=4))
+    with pytest.raises(ValueError, match="heads_q"):
+        plan_decode(cache, heads_q=3)
+
+
+def test_stream_k_opcheck():
+    cache, q = small_cache([37, 5], 2, 32, torch.float32, seed=2)
+    plan = plan_decode(cache, heads_q=4, num_workers=3, tile_tokens=16)
+    torch.library.opcheck(torch.ops.sparse_attn.paged_decode_stream_k,
+                          (q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, None, None,
+                           torch.empty_like(q), 0.25, plan.offsets, plan.slot_base, plan.workers, plan.tile_pages,
+                           plan.ws_state, plan.ws_acc))

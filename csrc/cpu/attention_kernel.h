@@ -18,6 +18,8 @@ namespace sparse_attn::cpu {
   void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce, \
                     float* out);                                                                      \
   void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);           \
+  void paged_decode_stream_k(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io,   \
+                             const StreamKPlan& plan);                                                   \
   void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens, \
                     int64_t page_size, int64_t k, int64_t sink_pages, int64_t recent_pages, int32_t* pages,         \
                     int32_t* counts);                                                                               \
@@ -41,6 +43,8 @@ void paged_kv_write(const PagedKVWrite& w);
 void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is_bf16, int64_t heads_q, bool sum_reduce,
                   float* out);
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io);
+void paged_decode_stream_k(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io,
+                           const StreamKPlan& plan);
 // Quest selection per (sequence, KV head) row of scores [B, H_kv, max_pages]: pages [.., k]
 // ascending (first sink_pages and last recent_pages forced, then by score), counts [B, H_kv].
 void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens,

@@ -63,6 +63,10 @@ void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t 
   DEFAULT::select_pages(scores, batch, heads_kv, max_pages, seqlens, page_size, k, sink_pages, recent_pages, pages,
                         counts);
 }
+void paged_decode_stream_k(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io,
+                           const StreamKPlan& plan) {
+  SA_PICK(paged_decode_stream_k)(p, sel, io, plan);
+}
 #undef SA_PICK
 
 void release_workspace() {

@@ -27,6 +27,7 @@
 #include "attention_kernel.h"
 #include "sparse_attn/paged.h"
 #include "sparse_attn/softmax_state.h"
+#include "sparse_attn/stream_k.h"
 
 namespace sparse_attn::cpu::SA_CPU_NS {
 namespace {
@@ -75,13 +76,6 @@ inline void hsum(const Vec* acc, int64_t n, float* dst) {
   }
 #endif
   for (; i < n; ++i) dst[i] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc[i]);
-}
-
-// Per-thread [G, D] accumulator of the page loop.
-inline std::vector<float>& scratch_acc(int64_t n) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf;
 }
 
 template <typename T>
@@ -347,119 +341,171 @@ void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, i
   }
 }
 
-// Split-KV decode. A work item is (sequence, KV heads, chunk of kPagesPerChunk pages):
-//  - dense: all KV heads of a page range, so the item reads K and V as two sequential
-//    streams (a page's heads are adjacent in memory); reading one head's 4 KB blocks 32 KB
-//    apart ran at about half the speed;
-//  - selected: one KV head (each head has its own pages).
-// Each item leaves, per query head, a partial state (max, sum) and an unnormalized output;
-// a second pass merges a head's chunks (softmax_state.h merge_into) and normalizes.
+// One KV head's pages [j0, j1) of sequence b (the selection's list, or logical pages j0..)
+// for the G query heads of its group: leaves G partial softmax states and unnormalized
+// outputs (st, acc [G, D]). Scratch buffers belong to the calling thread.
+template <typename T>
+struct SegmentRunner {
+  const PagedKVParams& p;
+  const PageSelection* sel;
+  const PagedDecodeIO& io;
+  int64_t D, G, ps;
+  std::vector<float> qf, kf, vf, s;
+
+  SegmentRunner(const PagedKVParams& p_, const PageSelection* sel_, const PagedDecodeIO& io_)
+      : p(p_), sel(sel_), io(io_), D(p_.head_dim), G(io_.heads_q / p_.heads_kv), ps(p_.page_size),
+        qf(G * D), kf(ps * D), vf(ps * D), s(G * ps) {}
+
+  // Pages the (b, g) output walks: the selection's count or the sequence's page count.
+  int64_t pages_of(int64_t b, int64_t g) const {
+    return sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]]
+               : (p.seqlens[b] + ps - 1) / ps;
+  }
+
+  void run(int64_t b, int64_t g, int64_t j0, int64_t j1, SoftmaxRowState* st, float* acc) {
+    const auto* K = static_cast<const T*>(p.k_pages);
+    const auto* V = static_cast<const T*>(p.v_pages);
+    const auto* Q = static_cast<const T*>(io.q);
+    const int64_t len = p.seqlens[b];
+    const int32_t* list = sel ? sel->pages + b * sel->pages_stride[0] + g * sel->pages_stride[1] : nullptr;
+    for (int64_t h = 0; h < G; ++h) {
+      to_float(Q + b * io.q_stride[0] + (g * G + h) * io.q_stride[1], qf.data() + h * D, D);
+      at::vec::map([sc = io.scale](Vec x) { return x * Vec(sc); }, qf.data() + h * D, qf.data() + h * D, D);
+      st[h] = SoftmaxRowState::empty();
+    }
+    std::fill(acc, acc + G * D, 0.f);
+    const T* qraw = Q + b * io.q_stride[0] + g * G * io.q_stride[1];
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
+      const int64_t page = p.page_table[b * p.table_stride + lp];
+      const int64_t ntok = std::min(ps, len - lp * ps);
+      if (j + 1 < j1) {  // ask for the next page early (the prefetchers stop at each 4 KB block)
+        const int64_t npage = p.page_table[b * p.table_stride + (list ? list[(j + 1) * sel->pages_stride[2]] : j + 1)];
+        for (int64_t t = 0; t < ps; ++t) {
+          const char* kr =
+              reinterpret_cast<const char*>(K + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
+          const char* vr =
+              reinterpret_cast<const char*>(V + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
+          for (int64_t o = 0; o < D * int64_t(sizeof(T)); o += 64) {
+            __builtin_prefetch(kr + o);
+            __builtin_prefetch(vr + o);
+          }
+        }
+      }
+      const T* kp = K + page * p.page_stride[0] + g * p.page_stride[2];
+      const T* vp = V + page * p.page_stride[0] + g * p.page_stride[2];
+      switch (G) {
+#define SA_STEP(NG)                                                                                              \
+  page_step<T, NG>(kp, vp, p.page_stride[1], ntok, ps, D, G, qf.data(), qraw, io.q_stride[1], io.scale, kf.data(), \
+                   vf.data(), s.data(), acc, st)
+        case 1: SA_STEP(1); break;
+        case 2: SA_STEP(2); break;
+        case 4: SA_STEP(4); break;
+        case 8: SA_STEP(8); break;
+        default: SA_STEP(0); break;
+#undef SA_STEP
+      }
+    }
+  }
+};
+
+// Merges n partial (state, acc [D]) pairs in order, normalizes, stores one output row.
+template <typename T>
+void merge_store(const SoftmaxRowState* states, const float* accs, int64_t n, int64_t state_step, int64_t acc_step,
+                 int64_t D, T* o, float* lse, float* tmp) {
+  SoftmaxRowState st = SoftmaxRowState::empty();
+  std::fill(tmp, tmp + D, 0.f);
+  for (int64_t c = 0; c < n; ++c) {
+    const SoftmaxRowState& pc = states[c * state_step];
+    if (pc.sum == 0.f) continue;
+    const MergeFactors f = merge_into(st, pc);
+    const float* pa = accs + c * acc_step;
+    for (int64_t d = 0; d < D; ++d) tmp[d] = tmp[d] * f.a + pa[d] * f.b;
+  }
+  const float inv = st.inv_sum();
+  for (int64_t d = 0; d < D; ++d) tmp[d] *= inv;
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(o, tmp, D * sizeof(float));
+  } else {
+    at::vec::convert(tmp, o, D);
+  }
+  *lse = st.lse();
+}
+
+// Split-KV decode with a fixed split: a work item is (sequence, KV heads, chunk of
+// kPagesPerChunk pages), all KV heads of the chunk for a dense walk, one for a selection
+// (each head has its own pages). Each item leaves per query head a partial state and an
+// unnormalized output; a second pass merges a head's chunks (softmax_state.h merge_into).
 constexpr int64_t kPagesPerChunk = 64;
 
 template <typename T>
 void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
-  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = io.heads_q / Hkv, ps = p.page_size;
-  const auto* K = static_cast<const T*>(p.k_pages);
-  const auto* V = static_cast<const T*>(p.v_pages);
-  const auto* Q = static_cast<const T*>(io.q);
-  auto* O = static_cast<T*>(io.out);
+  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = io.heads_q / Hkv;
   // A selection lists at most `capacity` pages per head, a dense walk up to max_pages.
   const int64_t nchunks = std::max<int64_t>(1, ((sel ? sel->capacity : p.max_pages) + kPagesPerChunk - 1) /
                                                    kPagesPerChunk);
   const int64_t head_groups = sel ? Hkv : 1;  // KV heads split across items
   const int64_t heads_per_item = sel ? 1 : Hkv;
-  // Partials [B, Hq, nchunks]: state and D outputs; chunks past a sequence stay empty.
+  // Partials [B, H_kv, nchunks, G]: state and D outputs; chunks past a sequence stay empty.
   std::vector<SoftmaxRowState> part_state(p.batch * io.heads_q * nchunks, SoftmaxRowState::empty());
   // Outputs of empty chunks are never read (their state stays empty): no zero fill.
-  std::unique_ptr<float[]> part_acc_buf(new float[p.batch * io.heads_q * nchunks * D]);
-  float* const part_acc = part_acc_buf.get();
+  std::unique_ptr<float[]> part_acc(new float[p.batch * io.heads_q * nchunks * D]);
   const int64_t items = p.batch * head_groups * nchunks;
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> qf(G * D), kf(ps * D), vf(ps * D), s(G * ps);
-    std::vector<SoftmaxRowState> st_buf(G);
-    SoftmaxRowState* st = st_buf.data();
+    SegmentRunner<T> runner(p, sel, io);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (head_groups * nchunks), hg = i / nchunks % head_groups, c = i % nchunks;
-      const int64_t len = p.seqlens[b], npages = (len + ps - 1) / ps;
       for (int64_t g = hg * heads_per_item; g < (hg + 1) * heads_per_item; ++g) {
-        const int64_t n = sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]] : npages;
-        const int64_t j0 = c * kPagesPerChunk, j1 = std::min(n, j0 + kPagesPerChunk);
+        const int64_t j0 = c * kPagesPerChunk, j1 = std::min(runner.pages_of(b, g), j0 + kPagesPerChunk);
         if (j0 >= j1) continue;
-        const int32_t* list = sel ? sel->pages + b * sel->pages_stride[0] + g * sel->pages_stride[1] : nullptr;
-        for (int64_t h = 0; h < G; ++h) {
-          to_float(Q + b * io.q_stride[0] + (g * G + h) * io.q_stride[1], qf.data() + h * D, D);
-          at::vec::map([sc = io.scale](Vec x) { return x * Vec(sc); }, qf.data() + h * D, qf.data() + h * D, D);
-        }
-        const int64_t slot0 = (b * io.heads_q + g * G) * nchunks + c;  // head h: slot0 + h * nchunks
-        float* acc = part_acc + slot0 * D;
-        for (int64_t h = 0; h < G; ++h) {
-          st[h] = SoftmaxRowState::empty();
-          std::fill(acc + h * nchunks * D, acc + h * nchunks * D + D, 0.f);
-        }
-        // page_step works on a [G, D] accumulator: use a contiguous scratch and scatter back.
-        std::vector<float>& a = scratch_acc(G * D);
-        std::fill(a.begin(), a.begin() + G * D, 0.f);
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
-          const int64_t page = p.page_table[b * p.table_stride + lp];
-          const int64_t ntok = std::min(ps, len - lp * ps);
-          if (j + 1 < j1) {  // ask for the next page early (the prefetchers stop at each 4 KB block)
-            const int64_t npage = p.page_table[b * p.table_stride + (list ? list[(j + 1) * sel->pages_stride[2]] : j + 1)];
-            for (int64_t t = 0; t < ps; ++t) {
-              const char* kr = reinterpret_cast<const char*>(K + npage * p.page_stride[0] + t * p.page_stride[1] +
-                                                             g * p.page_stride[2]);
-              const char* vr = reinterpret_cast<const char*>(V + npage * p.page_stride[0] + t * p.page_stride[1] +
-                                                             g * p.page_stride[2]);
-              for (int64_t o = 0; o < D * int64_t(sizeof(T)); o += 64) {
-                __builtin_prefetch(kr + o);
-                __builtin_prefetch(vr + o);
-              }
-            }
-          }
-          const T* kp = K + page * p.page_stride[0] + g * p.page_stride[2];
-          const T* vp = V + page * p.page_stride[0] + g * p.page_stride[2];
-          const T* qraw = Q + b * io.q_stride[0] + g * G * io.q_stride[1];
-          switch (G) {
-#define SA_STEP(NG)                                                                                      \
-  page_step<T, NG>(kp, vp, p.page_stride[1], ntok, ps, D, G, qf.data(), qraw, io.q_stride[1], io.scale, kf.data(), \
-                   vf.data(), s.data(), a.data(), st)
-            case 1: SA_STEP(1); break;
-            case 2: SA_STEP(2); break;
-            case 4: SA_STEP(4); break;
-            case 8: SA_STEP(8); break;
-            default: SA_STEP(0); break;
-#undef SA_STEP
-          }
-        }
-        for (int64_t h = 0; h < G; ++h) {
-          part_state[slot0 + h * nchunks] = st[h];
-          std::memcpy(acc + h * nchunks * D, a.data() + h * D, D * sizeof(float));
-        }
+        const int64_t slot = ((b * Hkv + g) * nchunks + c) * G;
+        runner.run(b, g, j0, j1, part_state.data() + slot, part_acc.get() + slot * D);
       }
     }
   });
-  // Merge each query head's chunks, normalize, store.
+  auto* O = static_cast<T*>(io.out);
   at::parallel_for(0, p.batch * io.heads_q, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> out(D);
-    for (int64_t r = r0; r < r1; ++r) {
-      SoftmaxRowState st = SoftmaxRowState::empty();
-      std::fill(out.begin(), out.end(), 0.f);
-      for (int64_t c = 0; c < nchunks; ++c) {
-        const SoftmaxRowState& pc = part_state[r * nchunks + c];
-        if (pc.sum == 0.f) continue;
-        const MergeFactors f = merge_into(st, pc);
-        const float* pa = part_acc + (r * nchunks + c) * D;
-        for (int64_t d = 0; d < D; ++d) out[d] = out[d] * f.a + pa[d] * f.b;
+    std::vector<float> tmp(D);
+    for (int64_t r = r0; r < r1; ++r) {  // query head r = (b * H_kv + g) * G + h
+      const int64_t bg = r / G, h = r % G, first = bg * nchunks * G + h;
+      merge_store(part_state.data() + first, part_acc.get() + first * D, nchunks, G, G * D, D,
+                  O + (r / io.heads_q) * io.o_stride[0] + (r % io.heads_q) * io.o_stride[1], io.lse + r, tmp.data());
+    }
+  });
+}
+
+// Stream-K decode (stream_k.h): the outputs (sequence, KV head) in order, each with
+// ceil(pages / tile_pages) tiles, on one line split evenly over the plan's workers. A
+// worker's segments leave partials in the plan's workspace (slot slot_base[o] + the
+// worker's rank among the output's workers); after the barrier each output merges its
+// partials in worker order, so results do not depend on thread timing.
+template <typename T>
+void decode_stream_k(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io, const StreamKPlan& plan) {
+  const int64_t D = p.head_dim, Hkv = p.heads_kv, G = io.heads_q / Hkv, outputs = p.batch * Hkv;
+  const int64_t total = plan.offsets[outputs];
+  auto* states = reinterpret_cast<SoftmaxRowState*>(plan.ws_state);
+  at::parallel_for(0, plan.workers, 1, [&](int64_t w0, int64_t w1) {
+    SegmentRunner<T> runner(p, sel, io);
+    for (int64_t w = w0; w < w1; ++w) {
+      stream_k_segments(plan.offsets, outputs, plan.workers, w, [&](const StreamKSegment& seg) {
+        const int64_t b = seg.output / Hkv, g = seg.output % Hkv, n = runner.pages_of(b, g);
+        const int64_t rank = w - stream_k_worker_of(total, plan.workers, plan.offsets[seg.output]);
+        const int64_t slot = (plan.slot_base[seg.output] + rank) * G;
+        runner.run(b, g, seg.tile_begin * plan.tile_pages, std::min(n, seg.tile_end * plan.tile_pages),
+                   states + slot, plan.ws_acc + slot * D);
+      });
+    }
+  });
+  auto* O = static_cast<T*>(io.out);
+  at::parallel_for(0, outputs, 4, [&](int64_t o0, int64_t o1) {
+    std::vector<float> tmp(D);
+    for (int64_t o = o0; o < o1; ++o) {
+      const int64_t nparts = plan.slot_base[o + 1] - plan.slot_base[o];  // 0 for an empty output
+      for (int64_t h = 0; h < G; ++h) {
+        const int64_t r = o * G + h, first = plan.slot_base[o] * G + h;
+        merge_store(states + first, plan.ws_acc + first * D, nparts, G, G * D, D,
+                    O + (r / io.heads_q) * io.o_stride[0] + (r % io.heads_q) * io.o_stride[1], io.lse + r, tmp.data());
       }
-      const float inv = st.inv_sum();
-      for (int64_t d = 0; d < D; ++d) out[d] *= inv;
-      T* o = O + (r / io.heads_q) * io.o_stride[0] + (r % io.heads_q) * io.o_stride[1];
-      if constexpr (std::is_same_v<T, float>) {
-        std::memcpy(o, out.data(), D * sizeof(float));
-      } else {
-        at::vec::convert(out.data(), o, D);
-      }
-      io.lse[r] = st.lse();
     }
   });
 }
@@ -476,6 +522,11 @@ template <typename T> struct WriteF { static void run(const PagedKVWrite& w) { w
 template <typename T> struct ScoresF {
   static void run(const PagedKVParams& p, const float* q, bool qb, int64_t hq, bool sum, float* out) {
     scores<T>(p, q, qb, hq, sum, out);
+  }
+};
+template <typename T> struct StreamKF {
+  static void run(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io, const StreamKPlan& plan) {
+    decode_stream_k<T>(p, sel, io, plan);
   }
 };
 template <typename T> struct DecodeF {
@@ -530,6 +581,11 @@ void quest_scores(const PagedKVParams& p, DType dtype, const float* q, bool q_is
 
 void paged_decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
   by_dtype<DecodeF>(io.dtype, p, sel, io);
+}
+
+void paged_decode_stream_k(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io,
+                           const StreamKPlan& plan) {
+  by_dtype<StreamKF>(io.dtype, p, sel, io, plan);
 }
 
 }  // namespace sparse_attn::cpu::SA_CPU_NS

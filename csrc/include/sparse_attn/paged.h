@@ -69,6 +69,20 @@ struct PagedDecodeIO {
   DType dtype = DType::kFloat32;
 };
 
+// A stream-K decode plan (stream_k.h) over the outputs (b, g) in order: offsets
+// [B * H_kv + 1] (first tile of each output; tile = tile_pages pages), slot_base
+// [B * H_kv + 1] (first workspace slot of each output's partials, one per worker it spans),
+// and the workspace: per slot and query head of the group a softmax state (2 floats) and
+// head_dim partial outputs.
+struct StreamKPlan {
+  const int64_t* offsets = nullptr;
+  const int64_t* slot_base = nullptr;
+  int64_t workers = 1;
+  int64_t tile_pages = 1;
+  float* ws_state = nullptr;  // [slots, G, 2]
+  float* ws_acc = nullptr;    // [slots, G, D]
+};
+
 // Host-side validation (the kernels then never read out of bounds). Empty string if valid.
 inline std::string validate_paged(const PagedKVParams& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
