@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, help="untimed calls before timing")
     b.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     b.add_argument("--no-json", action="store_true", help="do not write the JSON results")
+    b.add_argument("--schedule", action="store_true",
+                   help="print the GPU decode schedule simulator's table (stream-K vs fixed split) instead")
     for name in SUITES:  # suite-specific options (e.g. a future decode --schedule)
         add = getattr(get_suite(name), "add_arguments", None)
         if add is not None:
@@ -36,8 +38,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _schedule(args) -> int:
+    from sparse_attn.benchmark import machine_info, write_results
+    from sparse_attn.schedule import table
+
+    rows = table()
+    head = f"{'workload':<24}  {'tiles':>8}  {'tile':>4}  {'stream-K':>8}  {'fixed split':>11}  {'splits':>6}  " \
+           f"{'no split':>8}  {'fixed/stream-K makespan':>23}"
+    print("H100 (132 SMs, occupancy 1), 8 KV heads, group 4, head_dim 128; efficiency = ideal / makespan")
+    print(head)
+    for r in rows:
+        print(f"{r['workload']:<24}  {r['tiles']:>8}  {r['tile_tokens']:>4}  {r['stream_k']:>8.3f}  "
+              f"{r['fixed_split']:>11.3f}  {r['splits']:>6}  {r['no_split']:>8.3f}  {r['stream_k_vs_fixed']:>23.2f}")
+    if not args.no_json:
+        print(f"results: {write_results('schedule', rows, {'machine': machine_info()}, args.out)}")
+    return 0
+
+
 def _bench(args) -> int:
     from sparse_attn.benchmark import get_suite, machine_info, plot, write_results
+
+    if args.schedule:
+        return _schedule(args)
 
     suite = get_suite(args.op)
     cfg = suite.config_from_args(args)

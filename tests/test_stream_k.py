@@ -124,3 +124,27 @@ def test_stream_k_opcheck():
                           (q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, None, None,
                            torch.empty_like(q), 0.25, plan.offsets, plan.slot_base, plan.workers, plan.tile_pages,
                            plan.ws_state, plan.ws_acc))
+
+
+# --------------------------------------------------------------------------- simulator
+
+from sparse_attn import schedule  # noqa: E402
+
+
+def test_simulator_basics():
+    r = schedule.simulate([32768, 4096, 1024, 256], num_kv_heads=8, tile_tokens=64)
+    assert r["tiles"] == sum(-(-n // 64) for n in [32768, 4096, 1024, 256]) * 8
+    for k in ("stream_k", "fixed_split", "no_split"):
+        assert 0 < r[k]["efficiency"] <= 1.0 + 1e-9 and r[k]["makespan"] >= r["ideal"] - 1e-9
+    # stream-K balances within one tile plus the host's merges (an output of 512 tiles spans
+    # at most 16 workers of ~36 tiles); no split is bound by the longest output
+    assert r["stream_k"]["makespan"] <= r["ideal"] + 64 * (1 + 16 * schedule.merge_cost_tiles(64))
+    assert r["stream_k"]["makespan"] < min(r["fixed_split"]["makespan"], r["no_split"]["makespan"])
+    assert r["no_split"]["makespan"] == 32768
+    one = schedule.simulate([4096], num_kv_heads=1, tile_tokens=16)
+    assert one["fixed_split"]["splits"] >= 1
+    assert schedule.simulate([0, 0], num_kv_heads=2)["stream_k"]["efficiency"] == 1.0
+    with pytest.raises(ValueError, match="device"):
+        schedule.simulate([10], 1, device="TPU")
+    rows = schedule.table()
+    assert len(rows) == 20 and all(0 < row["stream_k"] <= 1.0 + 1e-9 for row in rows)

@@ -190,7 +190,7 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
   const int64_t D = p.head_dim, Hkv = p.heads_kv, G = heads_q / Hkv;
   bool fast_bf16 = false;
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
-  fast_bf16 = std::is_same_v<T, c10::BFloat16> && q_is_bf16 && D % 32 == 0 && (G == 1 || G == 2 || G == 4 || G == 8) &&
+  fast_bf16 = std::is_same_v<T, c10::BFloat16> && q_is_bf16 && D % 32 == 0 && (G == 1 || G == 2 || G == 3 || G == 4 || G == 8) &&
               cpu_has_avx512_bf16();
 #endif
   const auto* kmax = static_cast<const T*>(p.k_max);
@@ -234,6 +234,7 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
               switch (G) {
                 case 1: page_bounds_bf16<1>(mxr, mnr, qp, qn, D, r.data()); break;
                 case 2: page_bounds_bf16<2>(mxr, mnr, qp, qn, D, r.data()); break;
+                case 3: page_bounds_bf16<3>(mxr, mnr, qp, qn, D, r.data()); break;
                 case 4: page_bounds_bf16<4>(mxr, mnr, qp, qn, D, r.data()); break;
                 default: page_bounds_bf16<8>(mxr, mnr, qp, qn, D, r.data()); break;
               }
@@ -249,6 +250,7 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
           switch (G) {
             case 1: page_bounds<1>(qg, mx.data(), mn.data(), D, G, r.data()); break;
             case 2: page_bounds<2>(qg, mx.data(), mn.data(), D, G, r.data()); break;
+            case 3: page_bounds<3>(qg, mx.data(), mn.data(), D, G, r.data()); break;
             case 4: page_bounds<4>(qg, mx.data(), mn.data(), D, G, r.data()); break;
             case 8: page_bounds<8>(qg, mx.data(), mn.data(), D, G, r.data()); break;
             default: page_bounds<0>(qg, mx.data(), mn.data(), D, G, r.data()); break;
@@ -400,6 +402,7 @@ struct SegmentRunner {
                    vf.data(), s.data(), acc, st)
         case 1: SA_STEP(1); break;
         case 2: SA_STEP(2); break;
+        case 3: SA_STEP(3); break;  // SmolLM2 and other 3:1 GQA models
         case 4: SA_STEP(4); break;
         case 8: SA_STEP(8); break;
         default: SA_STEP(0); break;

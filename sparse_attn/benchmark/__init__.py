@@ -16,6 +16,7 @@ from .harness import machine_info, plot, read_bandwidth_gbs, time_fn, write_resu
 SUITES: dict[str, str] = {
     "prefill": "sparse_attn.benchmark.prefill",
     "decode": "sparse_attn.benchmark.decode",
+    "stream_k": "sparse_attn.benchmark.stream_k",
     "vertical_slash": "sparse_attn.benchmark.vertical_slash",
 }
 

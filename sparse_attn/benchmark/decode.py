@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import cpu_busy_fraction, read_bandwidth_gbs, time_fn, time_interleaved
+from .harness import cpu_busy_fraction, read_bandwidth_gbs, text_table, time_fn, time_interleaved
 from .prefill import NOISY_SPREAD, _fmt, _ok
 
 DENSE_BW_TARGET = 0.6
@@ -186,10 +186,7 @@ COLUMNS = [
 
 
 def format_table(rows: list[dict]) -> str:
-    cells = [[c[1](r) for c in COLUMNS] for r in rows]
-    widths = [max([len(c[0])] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
-    line = lambda vals: "  ".join(v.rjust(widths[i]) if i else v.ljust(widths[i]) for i, v in enumerate(vals))
-    out = [line([c[0] for c in COLUMNS]), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]
+    out = text_table(rows, COLUMNS)
     out.append(f"read bandwidth {rows[0]['read_bandwidth_gbs']:.1f} GB/s (same run); ok: Quest >= "
                f"{QUEST_FLOOR_TARGET:.0%} of its floor (and >= {QUEST_SPEEDUP_TARGET:g}x SDPA at 32768/2048)"
                if rows else "no rows")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
+__all__ = ["text_table", "time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
 
 
 def _sync(device: str | None) -> None:
@@ -319,3 +319,15 @@ def plot(rows: list[dict], path: str | os.PathLike, *, label_key: str = "case",
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def text_table(rows: list[dict], columns: list) -> list[str]:
+    """Fixed-width text table: ``columns`` is a list of ``(header, fn(row) -> str)``; the first
+    column is left-aligned, the others right-aligned. Returns the lines."""
+    cells = [[c[1](r) for c in columns] for r in rows]
+    widths = [max([len(c[0])] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
+    def line(vals):
+        return "  ".join(v.rjust(widths[i]) if i else v.ljust(widths[i]) for i, v in enumerate(vals))
+
+    return [line([c[0] for c in columns]), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]

@@ -1,0 +1,117 @@
+"""Stream-K decode suite (CPU): ``paged_decode_attention`` with a :func:`plan_decode` plan
+against the same kernel parallelized per (sequence, KV head) and against the machine's read
+bandwidth, measured in the same run.
+
+Cases (issue): bf16, pages of 16, head_dim 64 with 3 KV heads / 9 query heads (SmolLM2's
+shape) and head_dim 128 with 8 / 32; batch 1 at 32768 tokens and the ragged batch
+[32768, 4096, 1024, 256]. The baseline is the same kernel with one work item per
+(sequence, KV head) (a plan whose tile is a whole output and one worker per output), which
+leaves a thread idle when the outputs do not divide evenly over the threads.
+Targets: stream-K >= 60% of the read bandwidth, and >= 1.4x the baseline where it leaves a
+thread idle (batch 1, 3 KV heads, 2 threads).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .harness import cpu_busy_fraction, read_bandwidth_gbs, text_table, time_interleaved
+from .prefill import _fmt, _ok
+
+BW_TARGET = 0.6
+SPEEDUP_TARGET = 1.4
+
+
+@dataclass
+class StreamKConfig:
+    shapes: list[tuple[int, int, int]] = field(default_factory=lambda: [(9, 3, 64), (32, 8, 128)])  # Hq, Hkv, D
+    batches: list[list[int]] = field(default_factory=lambda: [[32768], [32768, 4096, 1024, 256]])
+    page_size: int = 16
+    warmup: int = 3
+    repeats: int = 15
+
+
+def quick_config() -> StreamKConfig:
+    return StreamKConfig(batches=[[8192]], repeats=7)
+
+
+def config_from_args(args) -> StreamKConfig:
+    cfg = quick_config() if getattr(args, "quick", False) else StreamKConfig()
+    if getattr(args, "repeats", None):
+        cfg.repeats = args.repeats
+    return cfg
+
+
+def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    import sparse_attn as sa
+
+    bw = read_bandwidth_gbs()
+    threads = torch.get_num_threads()
+    meta: dict[str, Any] = {"suite": "stream_k", "config": asdict(cfg), "read_bandwidth_gbs": bw, "threads": threads,
+                            "other_cpu_busy_start": cpu_busy_fraction()}
+    rows = []
+    for Hq, Hkv, D in cfg.shapes:
+        for lens in cfg.batches:
+            B, ps = len(lens), cfg.page_size
+            g = torch.Generator().manual_seed(sum(lens) + D)
+            cache = sa.PagedKVCache(sum(-(-n // ps) for n in lens) + B, ps, Hkv, D, batch_size=B,
+                                    max_pages_per_seq=max(lens) // ps + 2, dtype=torch.bfloat16)
+            k = torch.randn(B, max(lens), Hkv, D, generator=g).to(torch.bfloat16)
+            cache.prefill(k, k, torch.tensor(lens))
+            del k
+            q = torch.randn(B, Hq, D, generator=g).to(torch.bfloat16)
+            out = torch.empty_like(q)
+            plan = sa.plan_decode(cache, heads_q=Hq)
+            per_head = sa.plan_decode(cache, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
+            err = float((sa.paged_decode_attention(q, cache, plan=plan).float()
+                         - sa.paged_decode_attention(q, cache, plan=per_head).float()).abs().max())
+            t = time_interleaved({
+                "stream_k": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=plan), [()]),
+                "per_head": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=per_head), [()]),
+                "fixed_chunks": (lambda: sa.paged_decode_attention(q, cache, out=out), [()]),
+            }, warmup=cfg.warmup, repeats=cfg.repeats)
+            ms = {n: r["median"] * 1e3 for n, r in t.items()}
+            nbytes = sum(lens) * Hkv * D * 2 * 2
+            row = {"case": f"Hkv={Hkv} D={D} lens={lens}", "heads_q": Hq, "heads_kv": Hkv, "head_dim": D,
+                   "lengths": lens, "threads": threads, "read_bandwidth_gbs": bw,
+                   "stream_k_ms": ms["stream_k"], "per_head_ms": ms["per_head"], "fixed_chunks_ms": ms["fixed_chunks"],
+                   "stream_k_gbs": nbytes / ms["stream_k"] / 1e6, "max_abs_diff_vs_per_head": err,
+                   "plan_tiles": plan.total_tiles, "plan_workers": plan.workers, "timings_s": t}
+            row["bw_fraction"] = row["stream_k_gbs"] / bw
+            row["speedup_vs_per_head"] = ms["per_head"] / ms["stream_k"]
+            row["idle_thread_case"] = (B * Hkv) % threads != 0
+            row["bw_ok"] = row["bw_fraction"] >= BW_TARGET
+            row["speedup_ok"] = row["speedup_vs_per_head"] >= SPEEDUP_TARGET if row["idle_thread_case"] else None
+            rows.append(row)
+            log(f"[stream_k] {row['case']}: stream-K {ms['stream_k']:.2f} ms ({row['bw_fraction']:.0%} bw), "
+                f"per (seq, head) {ms['per_head']:.2f} ms, fixed chunks {ms['fixed_chunks']:.2f} ms")
+    meta["other_cpu_busy_end"] = cpu_busy_fraction()
+    return rows, meta
+
+
+COLUMNS = [
+    ("case", lambda r: r["case"]),
+    ("stream-K ms", lambda r: _fmt(r["stream_k_ms"], ".2f")),
+    ("GB/s", lambda r: _fmt(r["stream_k_gbs"], ".1f")),
+    ("of bw", lambda r: _fmt(r["bw_fraction"], ".0%")),
+    (f">={BW_TARGET:.0%}", lambda r: _ok(r["bw_ok"])),
+    ("per (seq, head) ms", lambda r: _fmt(r["per_head_ms"], ".2f")),
+    ("speedup", lambda r: _fmt(r["speedup_vs_per_head"], ".2f")),
+    (f">={SPEEDUP_TARGET}", lambda r: _ok(r["speedup_ok"])),
+    ("fixed chunks ms", lambda r: _fmt(r["fixed_chunks_ms"], ".2f")),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    out = text_table(rows, COLUMNS)
+    if rows:
+        out.append(f"read bandwidth {rows[0]['read_bandwidth_gbs']:.1f} GB/s, {rows[0]['threads']} threads (same run); "
+                   f"speedup target applies where per-(seq, head) work leaves a thread idle")
+    return "\n".join(out)
+
+
+PLOT = {"time_keys": ["stream_k_ms", "per_head_ms", "fixed_chunks_ms"]}
