@@ -1,0 +1,225 @@
+// Page-level building blocks of the CPU paged-cache kernels (paged_cache_kernel.cpp,
+// paged_decode_kernel.cpp): conversions, reductions, Quest bounds of a page, and one
+// page of decode attention for the query heads of a KV head. Compiled once per
+// instruction set, like the kernels that include it.
+#pragma once
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
+#include "sparse_attn/paged.h"
+#include "sparse_attn/softmax_state.h"
+#include "tile_ops.h"  // Vec, cpu_has_avx512_bf16
+
+namespace sparse_attn::cpu::SA_CPU_NS {
+
+template <typename T>
+void to_float(const T* src, float* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  Vec acc0(0.f), acc1(0.f);
+  int64_t d = 0;
+  for (; d + 2 * Vec::size() <= n; d += 2 * Vec::size()) {
+    acc0 = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), acc0);
+    acc1 = at::vec::fmadd(Vec::loadu(a + d + Vec::size()), Vec::loadu(b + d + Vec::size()), acc1);
+  }
+  for (; d + Vec::size() <= n; d += Vec::size()) acc0 = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), acc0);
+  float s = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc0 + acc1);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// dst[i] = sum of the lanes of acc[i], i < n. Four at a time with AVX-512 (one shuffle tree
+// for four vectors instead of four full reductions: the reductions were the largest cost
+// of the score loop).
+inline void hsum(const Vec* acc, int64_t n, float* dst) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; i + 4 <= n; i += 4) {
+    const __m512 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
+    // Per 128-bit lane: t0 = [a0 02, a1 02, a0 13, a1 13] (sums of lane pairs), same for t1.
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    // Per 128-bit lane: [a0, a1, a2, a3] partial sums.
+    const __m512 t2 = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m128 r = _mm_add_ps(_mm_add_ps(_mm512_extractf32x4_ps(t2, 0), _mm512_extractf32x4_ps(t2, 1)),
+                                _mm_add_ps(_mm512_extractf32x4_ps(t2, 2), _mm512_extractf32x4_ps(t2, 3)));
+    _mm_storeu_ps(dst + i, r);
+  }
+#endif
+  for (; i < n; ++i) dst[i] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc[i]);
+}
+
+// Quest bounds of one page for the G query heads of a KV head (quest_bound in paged.h, D
+// in vector chunks); kG as in page_step.
+template <int kG>
+void page_bounds(const float* q, const float* mx, const float* mn, int64_t D, int64_t G_rt, float* out) {
+  const int64_t G = kG > 0 ? kG : G_rt;
+  if (kG == 0 || D % Vec::size() != 0) {
+    for (int64_t h = 0; h < G; ++h) out[h] = quest_bound(q + h * D, mx, mn, D);
+    return;
+  }
+  Vec acc[kG > 0 ? kG : 1];
+  for (int64_t h = 0; h < G; ++h) acc[h] = Vec(0.f);
+  for (int64_t d = 0; d < D; d += Vec::size()) {
+    const Vec a = Vec::loadu(mx + d), c = Vec::loadu(mn + d);
+    for (int64_t h = 0; h < G; ++h) {
+      const Vec qv = Vec::loadu(q + h * D + d);
+      acc[h] = acc[h] + at::vec::maximum(qv * a, qv * c);
+    }
+  }
+  hsum(acc, G, out);
+}
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+// Scores of a page straight from bf16 K and bf16 q with the CPU's bf16 dot-product
+// instruction (exact products, float32 sums): no conversion of K to float32 and half the
+// arithmetic instructions. qb: the group's query rows (row stride q_ld), unscaled.
+template <int kG>
+__attribute__((target("avx512bf16"))) void scores_bf16(const c10::BFloat16* kp, int64_t ld, int64_t ntok, int64_t ps,
+                                                       int64_t D, const c10::BFloat16* qb, int64_t q_ld, float scale,
+                                                       float* s) {
+  for (int64_t t = 0; t < ntok; ++t) {
+    const c10::BFloat16* k = kp + t * ld;
+    Vec a[kG];
+    for (int h = 0; h < kG; ++h) a[h] = Vec(0.f);
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512bh kv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(k + d));
+      for (int h = 0; h < kG; ++h)
+        a[h] = Vec(_mm512_dpbf16_ps(a[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qb + h * q_ld + d)), kv));
+    }
+    float r[kG];
+    hsum(a, kG, r);
+    for (int h = 0; h < kG; ++h) s[h * ps + t] = r[h] * scale;
+  }
+}
+
+// Quest bounds of one page from bf16 metadata: max(q kmax, q kmin) = q+ kmax + q- kmin
+// with q+ = max(q, 0), q- = min(q, 0) (kmax >= kmin), i.e. two dot products, which the
+// bf16 dot-product instruction computes with exact products and float32 sums. q+/q- must
+// be exact in bf16 (q itself bf16), else the bound could fall below q . k.
+template <int kG>
+__attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16* mx, const c10::BFloat16* mn,
+                                                            const c10::BFloat16* qpos, const c10::BFloat16* qneg,
+                                                            int64_t D, float* out) {
+  Vec a[kG];
+  for (int h = 0; h < kG; ++h) a[h] = Vec(0.f);
+  for (int64_t d = 0; d < D; d += 32) {
+    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mx + d));
+    const __m512bh n = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mn + d));
+    for (int h = 0; h < kG; ++h) {
+      __m512 t = _mm512_dpbf16_ps(a[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qpos + h * D + d)), x);
+      a[h] = Vec(_mm512_dpbf16_ps(t, reinterpret_cast<__m512bh>(_mm512_loadu_si512(qneg + h * D + d)), n));
+    }
+  }
+  hsum(a, kG, out);
+}
+#endif
+
+// One page of one KV head for the G query heads of its group: scores, online softmax,
+// accumulation. K/V rows (row stride ld) are converted to float32 once per page; the
+// scores take one reduction tree per four heads, the P V product keeps each head's output
+// chunk in registers across the page's rows.
+
+// kG > 0: the group size at compile time, so the per-head accumulators stay in registers
+// (with a run-time G they lived on the stack: 2x slower); kG == 0: any G.
+template <typename T, int kG>
+void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, int64_t D, int64_t G_rt,
+               const float* qf, const T* qb, int64_t q_ld, float scale, float* kf, float* vf, float* s, float* acc,
+               SoftmaxRowState* st) {
+  constexpr int64_t kMaxG = kG > 0 ? kG : 16;
+  const int64_t G = kG > 0 ? kG : G_rt;
+  const bool vec_d = D % Vec::size() == 0 && G <= kMaxG;
+  bool scored = false;
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, c10::BFloat16> && kG > 0) {
+    if (D % 32 == 0 && cpu_has_avx512_bf16()) {
+      for (int64_t t = 0; t < ntok; ++t) to_float(vp + t * ld, vf + t * D, D);  // V rows first: loads in flight
+      scores_bf16<kG>(kp, ld, ntok, ps, D, qb, q_ld, scale, s);
+      scored = true;
+    }
+  }
+#endif
+  for (int64_t t = 0; t < ntok && !scored; ++t) {
+    to_float(kp + t * ld, kf + t * D, D);
+    to_float(vp + t * ld, vf + t * D, D);
+  }
+  for (int64_t t = 0; t < ntok && !scored; ++t) {  // s[h * ps + t] = q_h . k_t (q pre-scaled)
+    const float* k = kf + t * D;
+    if (vec_d) {
+      Vec a[kMaxG];
+      float r[kMaxG];
+      for (int64_t h = 0; h < G; ++h) a[h] = Vec(0.f);
+      for (int64_t d = 0; d < D; d += Vec::size()) {
+        const Vec kv = Vec::loadu(k + d);
+        for (int64_t h = 0; h < G; ++h) a[h] = at::vec::fmadd(Vec::loadu(qf + h * D + d), kv, a[h]);
+      }
+      hsum(a, G, r);
+      for (int64_t h = 0; h < G; ++h) s[h * ps + t] = r[h];
+    } else {
+      for (int64_t h = 0; h < G; ++h) s[h * ps + t] = dot(qf + h * D, k, D);
+    }
+  }
+  for (int64_t h = 0; h < G; ++h) {  // online softmax of the page's scores
+    float* sh = s + h * ps;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < ntok; ++t) mx = std::max(mx, sh[t]);
+    const float factor = st[h].rescale_to(mx);
+    if (factor != 1.f) at::vec::map([factor](Vec x) { return x * Vec(factor); }, acc + h * D, acc + h * D, D);
+    const float m = st[h].max;
+    int64_t t = 0;
+    Vec vsum(0.f);
+    for (; t + Vec::size() <= ntok; t += Vec::size()) {
+      const Vec e = (Vec::loadu(sh + t) - Vec(m)).exp_u20();
+      e.store(sh + t);
+      vsum = vsum + e;
+    }
+    float sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+    for (; t < ntok; ++t) sum += (sh[t] = std::exp(sh[t] - m));
+    st[h].add_sum(sum);
+  }
+  if (vec_d) {  // acc_h += sum_t p[h][t] v_t, a head_dim chunk at a time, in registers
+    for (int64_t d = 0; d < D; d += Vec::size()) {
+      Vec a[kMaxG];
+      for (int64_t h = 0; h < G; ++h) a[h] = Vec::loadu(acc + h * D + d);
+      for (int64_t t = 0; t < ntok; ++t) {
+        const Vec v = Vec::loadu(vf + t * D + d);
+        for (int64_t h = 0; h < G; ++h) a[h] = at::vec::fmadd(Vec(s[h * ps + t]), v, a[h]);
+      }
+      for (int64_t h = 0; h < G; ++h) a[h].store(acc + h * D + d);
+    }
+  } else {
+    for (int64_t t = 0; t < ntok; ++t)
+      for (int64_t h = 0; h < G; ++h)
+        for (int64_t d = 0; d < D; ++d) acc[h * D + d] += s[h * ps + t] * vf[t * D + d];
+  }
+}
+
+template <template <typename> class F, typename... Args>
+void by_dtype(DType dt, Args&&... args) {
+  switch (dt) {
+    case DType::kFloat32: return F<float>::run(args...);
+    case DType::kBFloat16: return F<c10::BFloat16>::run(args...);
+    case DType::kFloat16: return F<c10::Half>::run(args...);
+  }
+}
+}  // namespace sparse_attn::cpu::SA_CPU_NS
