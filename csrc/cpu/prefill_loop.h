@@ -376,13 +376,10 @@ void run_prefill(const AttentionParams& p, const Policy& pol) {
       for (int64_t j = 0; j < nh; ++j) {
         HeadTile<pack_t>& ht = heads[j];
         for (int64_t r = 0; r < rows; ++r) {
-          const float inv = ht.state[r].inv_sum();
           scalar_t* o = O + b * p.o_stride[0] + ht.h * p.o_stride[2] + (q0 + r) * p.o_stride[1];
-          float* a = ht.acc.data() + r * D;
-          at::vec::map([inv](Vec x) { return x * Vec(inv); }, a, a, D);
-          at::vec::convert(a, o, D);
-          p.lse[(b * p.heads_q + ht.h) * p.seqlen_q + q0 + r] = ht.state[r].lse();
+          store_row_scaled(ht.acc.data() + r * D, ht.state[r].inv_sum(), o, D);
         }
+        store_lse(ht.state.data(), rows, p.lse + (b * p.heads_q + ht.h) * p.seqlen_q + q0);
       }
     }
     if (kVnni) at::native::cpublas::brgemm_release(true);
