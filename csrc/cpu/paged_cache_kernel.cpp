@@ -2,6 +2,7 @@
 // metadata), Quest's page bounds, and the page selection. The bounds stream the metadata
 // of every page once; bf16 metadata and queries use the CPU's bf16 dot products.
 // This file is compiled once per instruction set; SA_CPU_NS names the namespace.
+#include <cstring>
 #include <vector>
 
 #include "attention_kernel.h"
@@ -136,8 +137,9 @@ template <typename T> struct ScoresF {
 void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens,
                   int64_t page_size, int64_t k, int64_t sink_pages, int64_t recent_pages, int32_t* pages,
                   int32_t* counts) {
-  at::parallel_for(0, batch * heads_kv, 16, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> cand;
+  // One (sequence, KV head) row per task: a row of a 32k-token sequence is ~2k pages.
+  at::parallel_for(0, batch * heads_kv, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint64_t> cand;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads_kv;
       const int64_t n = std::min<int64_t>((seqlens[b] + page_size - 1) / page_size, max_pages);
@@ -151,17 +153,22 @@ void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t 
         const int64_t s_end = std::min(sink_pages, n), r_begin = std::max(n - recent_pages, s_end);
         for (int64_t j = 0; j < s_end; ++j) out[c++] = static_cast<int32_t>(j);
         const int64_t forced = s_end + (n - r_begin), want = std::max<int64_t>(k - forced, 0);
+        // Highest score first, ties by lower page index, NaN lowest (as the reference), as
+        // one integer key per page: the score mapped to an order-preserving unsigned
+        // integer, inverted (so ascending keys = descending scores), above the page index.
         cand.resize(r_begin - s_end);
-        for (int64_t j = s_end; j < r_begin; ++j) cand[j - s_end] = static_cast<int32_t>(j);
-        // Highest score first, ties (and NaN, ranked lowest) by lower page index, as the reference.
-        auto better = [&](int32_t a, int32_t b2) {
-          const float x = std::isnan(sc[a]) ? -INFINITY : sc[a], y = std::isnan(sc[b2]) ? -INFINITY : sc[b2];
-          return x > y || (x == y && a < b2);
-        };
+        for (int64_t j = s_end; j < r_begin; ++j) {
+          const float x = std::isnan(sc[j]) ? -INFINITY : (sc[j] == 0.f ? 0.f : sc[j]);  // -0 ties with +0
+          uint32_t u;
+          std::memcpy(&u, &x, 4);
+          u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order -> unsigned order
+          cand[j - s_end] = (uint64_t(~u) << 32) | uint64_t(j);
+        }
         const int64_t take = std::min<int64_t>(want, cand.size());
-        std::nth_element(cand.begin(), cand.begin() + take, cand.end(), better);
+        std::nth_element(cand.begin(), cand.begin() + take, cand.end());
+        for (int64_t t = 0; t < take; ++t) cand[t] &= 0xffffffffu;  // keep the page indices
         std::sort(cand.begin(), cand.begin() + take);
-        for (int64_t t = 0; t < take; ++t) out[c++] = cand[t];
+        for (int64_t t = 0; t < take; ++t) out[c++] = static_cast<int32_t>(cand[t]);
         for (int64_t j = r_begin; j < n; ++j) out[c++] = static_cast<int32_t>(j);
       }
       counts[i] = static_cast<int32_t>(c);
