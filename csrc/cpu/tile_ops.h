@@ -229,28 +229,31 @@ inline __m512 exp2_fast(__m512 x) {
   }                                                                                    \
   return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
 
+// Stores 32 results as out_t (the generic rounding for 16-bit types).
 template <typename out_t>
-inline float exp_store_avx512(const float* s, int64_t x0, int64_t x1, float scale, float m, out_t* p) {
-  auto store = [](out_t* dst, __m512 e0, __m512 e1) {
-    if constexpr (std::is_same_v<out_t, float>) {
-      _mm512_storeu_ps(dst, e0);
-      _mm512_storeu_ps(dst + 16, e1);
-    } else {
-      at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(dst);
-    }
-  };
-  SA_EXP_STORE_BODY(store)
+inline void store32(out_t* dst, __m512 e0, __m512 e1) {
+  if constexpr (std::is_same_v<out_t, float>) {
+    _mm512_storeu_ps(dst, e0);
+    _mm512_storeu_ps(dst + 16, e1);
+  } else {
+    at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(dst);
+  }
 }
 
 // bf16 rounding with the CPU's own instruction (AVX512_BF16) instead of the integer
-// emulation; picked at run time when the CPU has it.
+// emulation; the *_bf16_native variants are picked at run time when the CPU has it.
 #define SA_STORE_BF16_NATIVE(dst, e0, e1) \
   _mm512_storeu_si512(reinterpret_cast<void*>(dst), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)))
+
+template <typename out_t>
+inline float exp_store_avx512(const float* s, int64_t x0, int64_t x1, float scale, float m, out_t* p) {
+  SA_EXP_STORE_BODY(store32<out_t>)
+}
+
 __attribute__((target("avx512bf16"))) inline float exp_store_bf16_native(const float* s, int64_t x0, int64_t x1,
                                                                         float scale, float m, c10::BFloat16* p) {
   SA_EXP_STORE_BODY(SA_STORE_BF16_NATIVE)
 }
-#undef SA_STORE_BF16_NATIVE
 #undef SA_EXP_STORE_BODY
 
 // The two passes under a bit mask, over nc 64-score chunks of one tile row: bit t of
@@ -290,18 +293,8 @@ inline float row_max_bits_avx512(const float* s, const uint64_t* bits, int64_t n
 
 template <typename out_t>
 inline float exp_store_bits_avx512(const float* s, const uint64_t* bits, int64_t nc, float scale, float m, out_t* p) {
-  auto store = [](out_t* dst, __m512 e0, __m512 e1) {
-    if constexpr (std::is_same_v<out_t, float>) {
-      _mm512_storeu_ps(dst, e0);
-      _mm512_storeu_ps(dst + 16, e1);
-    } else {
-      at::vec::convert_from_float<out_t>(Vec(e0), Vec(e1)).store(dst);
-    }
-  };
-  SA_EXP_STORE_BITS_BODY(store)
+  SA_EXP_STORE_BITS_BODY(store32<out_t>)
 }
-#define SA_STORE_BF16_NATIVE(dst, e0, e1) \
-  _mm512_storeu_si512(reinterpret_cast<void*>(dst), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)))
 __attribute__((target("avx512bf16"))) inline float exp_store_bits_bf16_native(const float* s, const uint64_t* bits,
                                                                              int64_t nc, float scale, float m,
                                                                              c10::BFloat16* p) {
