@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import cpu_busy_fraction, read_bandwidth_gbs, text_table, time_fn, time_interleaved
+from .harness import apply_common_args, cpu_busy_fraction, read_bandwidth_gbs, text_table, time_fn, time_interleaved
 from .prefill import NOISY_SPREAD, _fmt, _ok
 
 DENSE_BW_TARGET = 0.6
@@ -62,16 +62,11 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> DecodeConfig:
     cfg = quick_config() if getattr(args, "quick", False) else DecodeConfig()
-    if getattr(args, "seqlens", None):
-        cfg.contexts = list(args.seqlens)
+    apply_common_args(cfg, args, seqlens_field="contexts")
     if getattr(args, "dec_batches", None):
         cfg.batches = list(args.dec_batches)
     if getattr(args, "dec_budgets", None):
         cfg.budgets = list(args.dec_budgets)
-    if getattr(args, "repeats", None):
-        cfg.repeats = args.repeats
-    if getattr(args, "warmup", None) is not None:
-        cfg.warmup = args.warmup
     return cfg
 
 

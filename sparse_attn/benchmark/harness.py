@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["text_table", "time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
+__all__ = ["apply_common_args", "loadavg", "text_table", "time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
 
 
 def _sync(device: str | None) -> None:
@@ -331,3 +331,29 @@ def text_table(rows: list[dict], columns: list) -> list[str]:
         return "  ".join(v.rjust(widths[i]) if i else v.ljust(widths[i]) for i, v in enumerate(vals))
 
     return [line([c[0] for c in columns]), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]
+
+
+def loadavg() -> list[float] | None:
+    """The system load averages (1, 5, 15 min), or None where the OS has none."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def apply_common_args(cfg: Any, args: Any, *, seqlens_field: str | None = "seqlens",
+                      dtypes: Mapping[str, Any] | None = None) -> Any:
+    """Applies the options every suite shares (--seqlens into ``seqlens_field``, --dtypes
+    checked against ``dtypes``, --repeats, --warmup) to a suite config; returns it."""
+    if seqlens_field and getattr(args, "seqlens", None):
+        setattr(cfg, seqlens_field, list(args.seqlens))
+    if dtypes is not None and getattr(args, "dtypes", None):
+        cfg.dtypes = list(args.dtypes)
+    if getattr(args, "repeats", None):
+        cfg.repeats = args.repeats
+    if getattr(args, "warmup", None) is not None:
+        cfg.warmup = args.warmup
+    for d in getattr(cfg, "dtypes", []) if dtypes is not None else []:
+        if d not in dtypes:
+            raise SystemExit(f"unknown dtype {d!r}; choose from {sorted(dtypes)}")
+    return cfg

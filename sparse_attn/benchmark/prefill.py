@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import cpu_busy_fraction, read_bandwidth_gbs, time_interleaved
+from .harness import apply_common_args, cpu_busy_fraction, loadavg, read_bandwidth_gbs, time_interleaved
 
 RATIO_TARGET = 1.25  # ours / (density * dense) at most this
 SPEEDUP_TARGET = 1.0  # flex / ours above this
@@ -67,10 +66,7 @@ def quick_config() -> PrefillConfig:
 
 def config_from_args(args) -> PrefillConfig:
     cfg = quick_config() if getattr(args, "quick", False) else PrefillConfig()
-    if getattr(args, "seqlens", None):
-        cfg.seqlens = list(args.seqlens)
-    if getattr(args, "dtypes", None):
-        cfg.dtypes = list(args.dtypes)
+    apply_common_args(cfg, args, dtypes=DTYPES)
     if getattr(args, "densities", None):
         cfg.densities = list(args.densities)
     if getattr(args, "block_sizes", None):
@@ -79,13 +75,6 @@ def config_from_args(args) -> PrefillConfig:
         cfg.flex = False
     if getattr(args, "no_streaming", False):
         cfg.streaming = False
-    if getattr(args, "repeats", None):
-        cfg.repeats = args.repeats
-    if getattr(args, "warmup", None) is not None:
-        cfg.warmup = args.warmup
-    for d in cfg.dtypes:
-        if d not in DTYPES:
-            raise SystemExit(f"unknown dtype {d!r}; choose from {sorted(DTYPES)}")
     return cfg
 
 
@@ -237,7 +226,7 @@ def run(cfg: PrefillConfig, log: Callable[[str], None] | None = None) -> tuple[l
         meta["read_bandwidth_gbs"] = read_bandwidth_gbs()
         log(f"[prefill] read bandwidth {meta['read_bandwidth_gbs']:.1f} GB/s")
 
-    meta["loadavg_start"] = _loadavg()
+    meta["loadavg_start"] = loadavg()
     meta["other_cpu_busy_start"] = cpu_busy_fraction()
     rows: list[dict] = []
     with _dynamo_settings():
@@ -246,16 +235,9 @@ def run(cfg: PrefillConfig, log: Callable[[str], None] | None = None) -> tuple[l
             for S in cfg.seqlens:
                 rows += _run_group(cfg, sa, streaming_mask, gqa, dname, dtype, S, log)
                 gc.collect()
-    meta["loadavg_end"] = _loadavg()
+    meta["loadavg_end"] = loadavg()
     meta["other_cpu_busy_end"] = cpu_busy_fraction()
     return rows, meta
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except (AttributeError, OSError):
-        return None
 
 
 def _run_group(cfg, sa, streaming_mask, gqa, dname, dtype, S, log) -> list[dict]:

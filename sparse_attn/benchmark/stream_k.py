@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .harness import cpu_busy_fraction, read_bandwidth_gbs, text_table, time_interleaved
+from .harness import apply_common_args, cpu_busy_fraction, read_bandwidth_gbs, text_table, time_interleaved
 from .prefill import _fmt, _ok
 
 BW_TARGET = 0.6
@@ -39,10 +39,8 @@ def quick_config() -> StreamKConfig:
 
 
 def config_from_args(args) -> StreamKConfig:
-    cfg = quick_config() if getattr(args, "quick", False) else StreamKConfig()
-    if getattr(args, "repeats", None):
-        cfg.repeats = args.repeats
-    return cfg
+    return apply_common_args(quick_config() if getattr(args, "quick", False) else StreamKConfig(), args,
+                             seqlens_field=None)
 
 
 def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -63,7 +62,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import cpu_busy_fraction, time_fn, time_interleaved
+from .harness import apply_common_args, cpu_busy_fraction, loadavg, time_fn, time_interleaved
 from .prefill import DTYPES, NOISY_SPREAD, _SHORT, _err, _err_str, _fmt, _ok, sdpa_gqa_mode
 
 RATIO_TARGET = 1.3  # kernel / (computed_fraction * dense) at most this
@@ -126,21 +125,11 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> VerticalSlashConfig:
     cfg = quick_config() if getattr(args, "quick", False) else VerticalSlashConfig()
-    if getattr(args, "seqlens", None):
-        cfg.seqlens = list(args.seqlens)
-    if getattr(args, "dtypes", None):
-        cfg.dtypes = list(args.dtypes)
+    apply_common_args(cfg, args, dtypes=DTYPES)
     if getattr(args, "vs_budgets", None):
         cfg.budgets = [_budget(s) for s in args.vs_budgets]
     if getattr(args, "vs_patterns", None):
         cfg.patterns = list(args.vs_patterns)
-    if getattr(args, "repeats", None):
-        cfg.repeats = args.repeats
-    if getattr(args, "warmup", None) is not None:
-        cfg.warmup = args.warmup
-    for d in cfg.dtypes:
-        if d not in DTYPES:
-            raise SystemExit(f"unknown dtype {d!r}; choose from {sorted(DTYPES)}")
     return cfg
 
 
@@ -268,13 +257,6 @@ def _api():
                          "first (pip install --no-build-isolation . or python setup.py build_ext --inplace)")
 
 
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except (AttributeError, OSError):
-        return None
-
-
 def run(cfg: VerticalSlashConfig, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
     """Run every case; return ``(rows, meta)``. Progress lines go to ``log`` (stderr by default)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -317,14 +299,14 @@ def run(cfg: VerticalSlashConfig, log: Callable[[str], None] | None = None) -> t
                     "est_conv_over_kernel_max": EST_CONV_TARGET,
                     "est_conv_target_applies_at_seqlen": 32768},
     }
-    meta["loadavg_start"] = _loadavg()
+    meta["loadavg_start"] = loadavg()
     meta["other_cpu_busy_start"] = cpu_busy_fraction()
     rows: list[dict] = []
     for dname in cfg.dtypes:
         for S in cfg.seqlens:
             rows += _run_group(cfg, api, gqa, dname, DTYPES[dname], S, log)
             gc.collect()
-    meta["loadavg_end"] = _loadavg()
+    meta["loadavg_end"] = loadavg()
     meta["other_cpu_busy_end"] = cpu_busy_fraction()
     return rows, meta
 
