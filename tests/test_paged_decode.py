@@ -296,3 +296,29 @@ def test_opcheck():
                            torch.empty_like(q), 0.25))
     assert math.isfinite(float(paged_decode_attention(q, cache).abs().max()))
     assert sparse_attn.PagedKVCache is PagedKVCache and ATOL[torch.float32] > 0
+
+
+def test_raw_op_errors_name_the_argument():
+    """Paths the PagedKVCache object never takes, reached through the ops directly."""
+    cache = make_cache([40, 7], 2, 16, torch.float32, seed=21)
+    k = torch.randn(3, 2, 16)
+    write = torch.ops.sparse_attn.paged_kv_write
+    ids, slots = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 1, 2], dtype=torch.int32)
+    before = cache.k_pages.clone()
+    with pytest.raises(ValueError, match=r"page_ids\[1\]"):
+        write(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k, k,
+              torch.tensor([0, cache.num_pages, 2], dtype=torch.int32), slots)
+    with pytest.raises(ValueError, match=r"slots\[2\]"):
+        write(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k, k, ids,
+              torch.tensor([0, 1, 16], dtype=torch.int32))
+    with pytest.raises(ValueError, match="k must have the cache's dtype"):
+        write(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k.double(), k.double(), ids, slots)
+    assert torch.equal(cache.k_pages, before)  # nothing written by a rejected call
+    select = torch.ops.sparse_attn.quest_select
+    scores = quest_scores(torch.randn(2, 4, 16), cache)
+    with pytest.raises(ValueError, match="scores must be float32"):
+        select(scores.double(), cache.seqlens, 16, 32, 1, 1)
+    with pytest.raises(ValueError, match=r"seqlens\[0\]"):
+        select(scores[..., :2].contiguous(), cache.seqlens, 16, 32, 1, 1)  # 3 pages, 2 scores
+    with pytest.raises(ValueError, match="token_budget"):
+        select(scores, cache.seqlens, 16, 0, 1, 1)

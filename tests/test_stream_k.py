@@ -57,6 +57,8 @@ def test_more_workers_than_tiles_and_empty():
 
 # --------------------------------------------------------------------------- stream-K decode
 
+import dataclasses  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -148,3 +150,20 @@ def test_simulator_basics():
         schedule.simulate([10], 1, device="TPU")
     rows = schedule.table()
     assert len(rows) == 20 and all(0 < row["stream_k"] <= 1.0 + 1e-9 for row in rows)
+
+
+def test_partition_and_plan_errors():
+    with pytest.raises(ValueError, match="workers"):
+        _C.stream_k_segments([1, 2], 0)
+    with pytest.raises(ValueError, match="negative"):
+        _C.stream_k_slots([1, -2], 2)
+    cache, q = small_cache([37, 5], 2, 32, torch.float32, seed=3)
+    plan = plan_decode(cache, heads_q=4, num_workers=3, tile_tokens=16)
+    for field, bad, match in [("ws_acc", plan.ws_acc[:1], "ws_acc"), ("ws_state", plan.ws_state[:1], "ws_state"),
+                              ("slot_base", plan.slot_base.clone().fill_(0), "slot_base"),
+                              ("offsets", plan.offsets.int(), "offsets")]:
+        broken = dataclasses.replace(plan, **{field: bad})
+        with pytest.raises(ValueError, match=match):
+            paged_decode_attention(q, cache, plan=broken)
+    with pytest.raises(ValueError, match="num_workers"):
+        plan_decode(cache, heads_q=4, num_workers=0)
