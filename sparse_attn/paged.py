@@ -152,6 +152,50 @@ class PagedKVCache:
         self._write(k[b_idx.to(dev), pos.to(dev)], v[b_idx.to(dev), pos.to(dev)], b_idx.to(dev), pos.to(dev), op)
         self.seqlens.copy_(lens.to(torch.int32))
 
+    def extend(self, k: torch.Tensor, v: torch.Tensor, spans) -> None:
+        """Appends a ragged chunk: rows ``k[b, r0:r1], v[b, r0:r1]`` of ``k, v [B, S, heads_kv,
+        head_dim]`` go after sequence b's tokens, for ``spans[b] = (r0, r1)``. Raises before
+        writing anything if the pool or a page table row is too small."""
+        op = "PagedKVCache.extend"
+        self._check_tokens(k, v, op, 4)
+        spans = [(int(r0), int(r1)) for r0, r1 in spans]
+        if len(spans) != self.batch_size or any(not 0 <= r0 <= r1 <= k.shape[1] for r0, r1 in spans):
+            raise ValueError(f"{op}: spans must be {self.batch_size} (r0, r1) pairs with 0 <= r0 <= r1 <= "
+                             f"{k.shape[1]}, got {spans}")
+        start = self.seqlens.to(torch.int64).cpu()
+        lens = torch.tensor([r1 - r0 for r0, r1 in spans], dtype=torch.int64)
+        self._reserve((start + lens).tolist(), op)
+        b_idx = torch.repeat_interleave(torch.arange(self.batch_size), lens)
+        rows = torch.cat([torch.arange(r0, r1) for r0, r1 in spans])
+        pos = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(start, lens)])
+        dev = k.device
+        self._write(k[b_idx.to(dev), rows.to(dev)], v[b_idx.to(dev), rows.to(dev)], b_idx.to(dev), pos.to(dev), op)
+        self.seqlens += lens.to(torch.int32).to(self.seqlens.device)
+
+    def can_hold(self, lengths) -> bool:
+        """Whether every sequence b can grow to ``lengths[b]`` tokens without a new pool."""
+        need = [-(-int(n) // self.page_size) for n in lengths]
+        extra = sum(max(n - len(self._owned[b]), 0) for b, n in enumerate(need))
+        return max(need, default=0) <= self.page_table.shape[1] and extra <= len(self._free)
+
+    def grown(self, num_pages: int, max_pages_per_seq: int) -> "PagedKVCache":
+        """A copy in a larger pool (same page ids and contents; the new pages are free)."""
+        n, w = self.num_pages, self.page_table.shape[1]
+        if num_pages < n or max_pages_per_seq < w:
+            raise ValueError(f"PagedKVCache.grown: the new pool ({num_pages} pages, {max_pages_per_seq} per sequence) "
+                             f"must be at least the current one ({n}, {w})")
+        Hkv, D = self.k_pages.shape[2], self.k_pages.shape[3]
+        new = PagedKVCache(num_pages, self.page_size, Hkv, D, batch_size=self.batch_size,
+                           max_pages_per_seq=max_pages_per_seq, dtype=self.k_pages.dtype, device=self.k_pages.device)
+        for dst, src in ((new.k_pages, self.k_pages), (new.v_pages, self.v_pages), (new.k_max, self.k_max),
+                         (new.k_min, self.k_min)):
+            dst[:n].copy_(src)
+        new.page_table[:, :w].copy_(self.page_table)
+        new.seqlens.copy_(self.seqlens)
+        new._owned = [list(o) for o in self._owned]
+        new._free = list(range(num_pages - 1, n - 1, -1)) + list(self._free)
+        return new
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Appends one decode step: ``k, v [B, heads_kv, head_dim]``, one token per sequence."""
         op = "PagedKVCache.append"

@@ -1,66 +1,239 @@
-"""Offline pattern search, first piece: attention recall of candidate sparse patterns.
+"""Offline per-head pattern search: pick the cheapest sparse pattern that keeps enough attention.
 
-The recall of a pattern for one query head is the share of the true (dense, causal)
-softmax mass that the pattern's mask keeps, averaged over query rows. It is computed one
-query block at a time (``[block, Sk]`` float32 scores per head), so memory stays bounded
-however long the sequence; the N x N matrix is never built.
+For each layer and query head the search evaluates candidate patterns on a calibration input
+and keeps the cheapest one whose *attention recall* reaches a target (default 0.95), else
+dense. The recall of a pattern is the share of the true (dense, causal) softmax mass its mask
+keeps, averaged over query rows; its *cost* is the fraction of the dense causal (query, key)
+pairs it computes. Both are computed one query block at a time (``[block, Sk]`` float32
+scores per head), so memory stays bounded however long the sequence: the N x N matrix is
+never built.
 
-Candidates (each evaluated for every query head at once):
+Candidates (tuples; each is evaluated for every query head at once):
 
 * ``("dense",)``
 * ``("streaming", sink_tokens, window_tokens)``
 * ``("vertical_slash", vertical [B|1, H|1, NV], slash [B|1, H|1, NS])`` (main diagonal always in)
 * ``("block_sparse", BlockSparseMask)``
 
+The run-time patterns behind them (what :mod:`sparse_attn.hf` runs, and what
+:func:`search_layer` evaluates, through the same run-time estimators) are :class:`Pattern`\\ s:
+``Pattern("vertical_slash", {"n_vertical": 128, "n_slash": 512})`` etc.
+
 Example::
 
     import torch
-    from sparse_attn.search import attention_recall
+    from sparse_attn.search import attention_recall, search_layer
     q = torch.randn(1, 512, 4, 64); k = torch.randn(1, 512, 2, 64)
     r = attention_recall(q, k, [("dense",), ("streaming", 16, 128)])   # [2 candidates, B, Hq]
+    picks = search_layer(q, k, target_recall=0.9)                       # one dict per query head
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .masks import BlockSparseMask
+from .masks import BlockSparseMask, estimate_block_sparse
+from .vertical_slash_estimator import estimate_vertical_slash
 
-__all__ = ["attention_recall"]
+__all__ = ["Pattern", "attention_recall", "evaluate_candidates", "default_patterns", "search_layer", "search_model",
+           "pick_pattern"]
+
+KINDS = ("dense", "streaming", "vertical_slash", "block_sparse")
 
 
-def _candidate_mask(cand, b: int, rows: torch.Tensor, Sk: int, Hq: int) -> torch.Tensor:
-    """Bool [Hq, len(rows), Sk] of what the candidate keeps for key positions `rows`
-    (causality applied by the caller)."""
-    kind = cand[0]
+@dataclass(frozen=True)
+class Pattern:
+    """A run-time sparse pattern of one head: ``kind`` in :data:`KINDS` and its parameters.
+
+    * dense: ``{}``
+    * streaming: ``sink_tokens``, ``window_tokens``
+    * vertical_slash: ``n_vertical``, ``n_slash`` (estimated at run time from the last
+      ``last_q`` queries, :func:`~sparse_attn.estimate_vertical_slash`)
+    * block_sparse: ``density``, ``block_size`` (estimated at run time from pooled q . k,
+      :func:`~sparse_attn.estimate_block_sparse`)
+    """
+    kind: str
+    params: Dict[str, float] = field(default_factory=dict)
+
+    _REQUIRED = {"dense": (), "streaming": ("sink_tokens", "window_tokens"),
+                 "vertical_slash": ("n_vertical", "n_slash"), "block_sparse": ("density", "block_size")}
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Pattern: unknown kind {self.kind!r}, expected one of {KINDS}")
+        missing = [p for p in self._REQUIRED[self.kind] if p not in self.params]
+        if missing:
+            raise ValueError(f"Pattern {self.kind}: missing parameter(s) {missing}")
+        for name, val in self.params.items():
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+                raise ValueError(f"Pattern {self.kind}: parameter {name} must be a finite number >= 0, got {val!r}")
+        if self.kind == "block_sparse" and not 0 < self.params["density"] <= 1:
+            raise ValueError(f"Pattern block_sparse: density must be in (0, 1], got {self.params['density']}")
+
+    def key(self):
+        return (self.kind, tuple(sorted(self.params.items())))
+
+    def __hash__(self):
+        return hash(self.key())
+
+    def to_json(self) -> dict:
+        return {"pattern": self.kind, "params": dict(self.params)}
+
+    def candidate(self, q: torch.Tensor, k: torch.Tensor):
+        """The recall candidate this pattern gives on (q, k), through the run-time estimators."""
+        p = self.params
+        if self.kind == "dense":
+            return ("dense",)
+        if self.kind == "streaming":
+            return ("streaming", int(p["sink_tokens"]), int(p["window_tokens"]))
+        if self.kind == "vertical_slash":
+            v, s = estimate_vertical_slash(q, k, n_vertical=int(p["n_vertical"]), n_slash=int(p["n_slash"]),
+                                           last_q=int(p.get("last_q", 64)))
+            return ("vertical_slash", v, s)
+        return ("block_sparse", estimate_block_sparse(q, k, block_size=int(p["block_size"]),
+                                                      density=float(p["density"])))
+
+
+def default_patterns() -> List[Pattern]:
+    """The candidates :func:`search_layer` tries by default (token budgets fit 4k-32k inputs)."""
+    pats = [Pattern("streaming", {"sink_tokens": 64, "window_tokens": w}) for w in (256, 512, 1024, 2048)]
+    pats += [Pattern("vertical_slash", {"n_vertical": nv, "n_slash": ns})
+             for nv, ns in ((64, 256), (128, 512), (256, 1024), (512, 2048), (1024, 3072))]
+    pats += [Pattern("block_sparse", {"density": d, "block_size": 64}) for d in (0.1, 0.2, 0.3, 0.5)]
+    return pats + [Pattern("dense")]
+
+
+def _check_qk(q, k, op):
+    if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() != 4 or k.dim() != 4 \
+            or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"{op}: q must be [B, Sq, Hq, D] and k [B, Sk, Hkv, D], got "
+                         f"{tuple(getattr(q, 'shape', ()))} and {tuple(getattr(k, 'shape', ()))}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"{op}: q heads ({q.shape[2]}) must be a multiple of k heads ({k.shape[2]})")
+
+
+def _vs_tables(cand, b: int, Sk: int):
+    """A vertical-slash candidate's columns [H|1, NV] (clipped to the sequence) and its slash
+    offsets [H|1, NS'] (the main diagonal added), both int64, plus the bool table of offsets."""
+    vertical, slash = cand[1], cand[2]
+    v = vertical[b if vertical.shape[0] > 1 else 0].long()
+    s = slash[b if slash.shape[0] > 1 else 0].long()
+    # column/offset Sk is a spill slot for out-of-range entries; duplicates collapse
+    cols = torch.zeros(v.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, v.clamp(0, Sk), True)[:, :Sk]
+    offs = torch.zeros(s.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, s.clamp(0, Sk), True)[:, :Sk]
+    offs[:, 0] = True  # the main diagonal, as the op
+    width_v, width_s = int(cols.sum(1).max()), int(offs.sum(1).max())
+    # distinct entries per head, padded with -1 (rows with fewer entries)
+    vl = torch.where(cols, torch.arange(Sk), Sk).sort(1).values[:, :width_v]
+    sl = torch.where(offs, torch.arange(Sk), Sk).sort(1).values[:, :width_s]
+    return vl, sl, offs
+
+
+def _gather_kept(p: torch.Tensor, cols: torch.Tensor):
+    """Sum of p [H, R, Sk] over per-(head|1, row) columns cols [H|1, R, N] (values outside
+    [0, Sk) add nothing) and how many of them are inside: ([H, R], [H|1, R])."""
+    Sk = p.shape[-1]
+    ok = (cols >= 0) & (cols < Sk)
+    vals = p.gather(-1, cols.clamp(0, Sk - 1).expand(p.shape[0], -1, -1)) * ok
+    return vals.sum(-1), ok.sum(-1)
+
+
+def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, block: int = 128,
+                        scale: Optional[float] = None):
+    """Recall and cost of each candidate for each (batch, query head).
+
+    Returns ``(recall, cost)``, both ``float64 [len(candidates), B, Hq]``: recall as in
+    :func:`attention_recall`; cost the fraction of the dense causal (query, key) pairs the
+    candidate computes (block-sparse counts whole blocks, clipped by causality).
+    ``q [B, Sq, Hq, D]``, ``k [B, Sk, Hkv, D]`` (GQA: query head h reads KV head
+    h // (Hq // Hkv)); causal, bottom-right aligned. Rows that see no key count as recall 1.
+
+    Per query block the dense probabilities ``p [Hq, rows, Sk]`` are computed once; then a
+    streaming candidate reads prefix sums of p, a block-sparse one per-block sums, and a
+    vertical-slash one gathers its columns and diagonals (no [rows, Sk] mask per candidate).
+    """
+    _check_qk(q, k, "attention_recall")
+    B, Sq, Hq, D = q.shape
+    Sk, Hkv = k.shape[1], k.shape[2]
+    for cand in candidates:
+        if not isinstance(cand, tuple) or not cand or cand[0] not in KINDS:
+            raise ValueError(f"attention_recall: unknown candidate {cand[0] if isinstance(cand, tuple) and cand else cand!r}"
+                             f" (dense, streaming, vertical_slash, block_sparse)")
+    scale = D ** -0.5 if scale is None else float(scale)
+    g = Hq // Hkv
+    recall = torch.zeros(len(candidates), B, Hq, dtype=torch.float64)
+    pairs = torch.zeros(len(candidates), B, Hq, dtype=torch.float64)
     j = torch.arange(Sk)
-    p = rows[:, None]
-    if kind == "dense":
-        return torch.ones(1, len(rows), Sk, dtype=torch.bool).expand(Hq, -1, -1)
-    if kind == "streaming":
-        sink, window = int(cand[1]), int(cand[2])
-        keep = (j[None, :] < sink) | (p - j[None, :] < window)
-        return keep[None].expand(Hq, -1, -1)
-    if kind == "vertical_slash":
-        vertical, slash = cand[1], cand[2]
-        v = vertical[b if vertical.shape[0] > 1 else 0].long()  # [H|1, NV]
-        s = slash[b if slash.shape[0] > 1 else 0].long()
-        # column Sk is a spill slot for out-of-range entries
-        cols = torch.zeros(v.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, v.clamp(0, Sk), True)[:, :Sk]
-        offs = torch.zeros(s.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, s.clamp(0, Sk), True)[:, :Sk]
-        offs[:, 0] = True  # the main diagonal, as the op
-        d = (p - j[None, :]).clamp(min=0, max=Sk - 1)  # [rows, Sk]; negative offsets masked by causality
-        keep = cols[:, None, :] | offs[:, d]
-        return keep.expand(Hq, -1, -1) if keep.shape[0] == 1 else keep
-    if kind == "block_sparse":
-        mask: BlockSparseMask = cand[1]
-        bq, bk = mask.block_size
-        dense = mask.to_dense()  # [Bm, Hm, MB, NB] blocks (small)
-        blk = dense[b if dense.shape[0] > 1 else 0]
-        keep = blk[:, rows // bq][:, :, j // bk]  # rows are query indices here (see the caller)
-        return keep.expand(Hq, -1, -1) if keep.shape[0] == 1 else keep
-    raise ValueError(f"attention_recall: unknown candidate {kind!r} (dense, streaming, vertical_slash, block_sparse)")
+    blocks = {}  # block-sparse candidates: bool block maps [B|1, H|1, MB, NB]
+    for c, cand in enumerate(candidates):
+        if cand[0] == "block_sparse":
+            blocks[c] = cand[1].to_dense(-(-Sk // cand[1].block_size[1]))
+    for b in range(B):
+        kb = k[b].float().permute(1, 2, 0)  # [Hkv, D, Sk]
+        vs = {c: _vs_tables(cand, b, Sk) for c, cand in enumerate(candidates) if cand[0] == "vertical_slash"}
+        for r0 in range(0, Sq, block):
+            r1 = min(r0 + block, Sq)
+            R = r1 - r0
+            qi = torch.arange(r0, r1)
+            pos = qi + (Sk - Sq)  # key positions of these query rows
+            qb = q[b, r0:r1].float().permute(1, 0, 2).reshape(Hkv, g * R, D)
+            s = torch.bmm(qb, kb).view(Hq, R, Sk) * scale  # [Hq, rows, Sk]
+            causal = j[None, :] <= pos[:, None]
+            s = s.masked_fill(~causal[None], float("-inf"))
+            p = torch.softmax(s, dim=-1).nan_to_num_(0.0)  # rows seeing nothing: all zeros
+            seen = pos >= 0  # [rows]
+            last = pos.clamp(max=Sk - 1)  # last key a row sees (-1: none)
+            csum = None
+            for c, cand in enumerate(candidates):
+                kind = cand[0]
+                if kind == "dense":
+                    kept = torch.ones(Hq, R, dtype=torch.float64)
+                    n = (last + 1).clamp(min=0).sum().double().expand(Hq)
+                elif kind == "streaming":
+                    if csum is None:  # prefix sums with a leading 0: csum[..., i] = sum of p[..., :i]
+                        csum = torch.nn.functional.pad(p.double().cumsum(-1), (1, 0))
+                    sink, window = int(cand[1]), int(cand[2])
+                    w0 = (pos - window + 1).clamp(min=0)  # window keys [w0, last]
+                    e = (last + 1).clamp(min=0)
+                    w0 = torch.minimum(w0, e)
+                    s_end = torch.minimum(torch.full_like(w0, sink), w0)  # sink keys below the window
+                    idx = torch.stack([e, w0, s_end])[None].expand(Hq, -1, -1)  # [Hq, 3, R]
+                    cs = csum.gather(-1, idx.permute(0, 2, 1)).permute(0, 2, 1)
+                    kept = cs[:, 0] - cs[:, 1] + cs[:, 2]
+                    n = ((e - w0) + s_end).sum().double().expand(Hq)
+                elif kind == "vertical_slash":
+                    vl, sl, offs = vs[c]
+                    # verticals the row sees: column <= last
+                    vcols = vl[:, None, :].expand(-1, R, -1)
+                    vcols = torch.where(vcols <= last[None, :, None], vcols, -1)
+                    kv, nv = _gather_kept(p, vcols)
+                    # diagonals: column pos - offset, skipping those already counted as verticals
+                    scols = pos[None, :, None] - sl[:, None, :]
+                    vis = (vl < Sk)[:, None, :] & (vcols >= 0)  # [H|1, R, NV] verticals seen
+                    dup = offs.gather(1, (pos[None, :, None] - vl[:, None, :]).clamp(0, Sk - 1).flatten(1)).view(
+                        vl.shape[0], R, -1) & vis  # a seen vertical that lies on a diagonal
+                    ks, ns = _gather_kept(p, torch.where(sl[:, None, :] < Sk, scols, -1))
+                    kd, nd = _gather_kept(p, torch.where(dup, vcols, -1))
+                    kept = (kv + ks - kd).double()
+                    n = (nv + ns - nd).sum(-1).double().expand(Hq)
+                else:
+                    bq, bk = cand[1].block_size
+                    blk = blocks[c][b if blocks[c].shape[0] > 1 else 0][:, qi // bq]  # [H|1, R, NB]
+                    nb = blk.shape[-1]
+                    pb = torch.nn.functional.pad(p, (0, nb * bk - Sk)).view(Hq, R, nb, bk).sum(-1)
+                    kept = (pb * blk).sum(-1).double()
+                    # causal keys of each row in each key block
+                    cnt = (last[:, None] + 1 - torch.arange(nb)[None, :] * bk).clamp(0, bk)
+                    cnt = torch.minimum(cnt, (Sk - torch.arange(nb) * bk).clamp(max=bk)[None, :])
+                    n = (blk * cnt[None]).sum((-1, -2)).double().expand(Hq)
+                kept = torch.where(seen[None], kept, torch.ones_like(kept))
+                recall[c, b] += kept.sum(-1)
+                pairs[c, b] += n
+    causal_pairs = max(int((torch.arange(Sq) + Sk - Sq + 1).clamp(min=0, max=Sk).sum()), 1)
+    return recall / Sq, pairs / causal_pairs
 
 
 def attention_recall(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, block: int = 128,
@@ -70,33 +243,114 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, 
     ``q [B, Sq, Hq, D]``, ``k [B, Sk, Hkv, D]`` (GQA: query head h reads KV head
     h // (Hq // Hkv)); causal, bottom-right aligned. Rows that see no key count as recall 1.
     """
-    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"attention_recall: q must be [B, Sq, Hq, D] and k [B, Sk, Hkv, D], got "
-                         f"{tuple(q.shape)} and {tuple(k.shape)}")
-    B, Sq, Hq, D = q.shape
-    Sk, Hkv = k.shape[1], k.shape[2]
-    if Hq % Hkv:
-        raise ValueError(f"attention_recall: q heads ({Hq}) must be a multiple of k heads ({Hkv})")
-    scale = D ** -0.5 if scale is None else float(scale)
-    g = Hq // Hkv
-    total = torch.zeros(len(candidates), B, Hq, dtype=torch.float64)
-    j = torch.arange(Sk)
-    for b in range(B):
-        kb = k[b].float().permute(1, 2, 0)  # [Hkv, D, Sk]
-        for r0 in range(0, Sq, block):
-            r1 = min(r0 + block, Sq)
-            qi = torch.arange(r0, r1)
-            pos = qi + (Sk - Sq)  # key positions of these query rows
-            qb = q[b, r0:r1].float().permute(1, 0, 2).reshape(Hkv, g * (r1 - r0), D)
-            s = torch.bmm(qb, kb).view(Hq, r1 - r0, Sk) * scale  # [Hq, rows, Sk]
-            causal = j[None, :] <= pos[:, None]
-            s = s.masked_fill(~causal[None], float("-inf"))
-            p = torch.softmax(s, dim=-1).nan_to_num_(0.0)  # rows seeing nothing: all zeros
-            seen = causal.any(-1)  # [rows]
-            for c, cand in enumerate(candidates):
-                rows = qi if cand[0] == "block_sparse" else pos
-                keep = _candidate_mask(cand, b, rows, Sk, Hq)
-                kept = (p * keep).sum(-1).double()  # [Hq, rows]
-                kept = torch.where(seen[None], kept, torch.ones_like(kept))
-                total[c, b] += kept.sum(-1)
-    return total / Sq
+    return evaluate_candidates(q, k, candidates, block=block, scale=scale)[0]
+
+
+def search_layer(q: torch.Tensor, k: torch.Tensor, *, target_recall: float = 0.95,
+                 patterns: Optional[Sequence[Pattern]] = None, block: int = 128,
+                 scale: Optional[float] = None, keep_table: bool = False) -> List[dict]:
+    """Chooses a pattern per query head of one layer: the cheapest of ``patterns`` (default
+    :func:`default_patterns`) whose recall, averaged over the batch, reaches ``target_recall``;
+    dense if none does. Returns one dict per query head: ``{"pattern", "params", "recall",
+    "cost"}`` (recall and cost rounded to 4 digits), with ``keep_table`` also ``"table"``: the
+    ``[recall, cost]`` of every pattern (in order), so that another target can be picked later
+    without searching again (:meth:`PatternConfig.with_target`)."""
+    _check_qk(q, k, "search_layer")
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"search_layer: target_recall must be in (0, 1], got {target_recall}")
+    pats = list(default_patterns() if patterns is None else patterns)
+    if not all(isinstance(p, Pattern) for p in pats):
+        raise ValueError("search_layer: patterns must be sparse_attn.search.Pattern objects")
+    if Pattern("dense") not in pats:
+        pats.append(Pattern("dense"))
+    cands = [p.candidate(q, k) for p in pats]
+    recall, cost = evaluate_candidates(q, k, cands, block=block, scale=scale)
+    recall, cost = recall.mean(1), cost.mean(1)  # [C, Hq]
+    picks = []
+    for h in range(q.shape[2]):
+        table = [[round(float(recall[c, h]), 5), round(float(cost[c, h]), 5)] for c in range(len(pats))]
+        pick = pick_pattern(pats, table, target_recall)
+        if keep_table:
+            pick["table"] = table
+        picks.append(pick)
+    return picks
+
+
+def pick_pattern(patterns: Sequence[Pattern], table: Sequence[Sequence[float]], target_recall: float) -> dict:
+    """The cheapest pattern whose recall reaches the target, else dense: ``table[c] =
+    [recall, cost]`` of ``patterns[c]``. Ties in cost go to the earlier pattern."""
+    ok = [c for c in range(len(patterns)) if table[c][0] >= target_recall]
+    best = min(ok, key=lambda c: (table[c][1], c)) if ok else patterns.index(Pattern("dense"))
+    return {**patterns[best].to_json(), "recall": round(table[best][0], 4), "cost": round(table[best][1], 4)}
+
+
+def search_model(model, input_ids: torch.Tensor, *, target_recall: float = 0.95,
+                 patterns: Optional[Sequence[Pattern]] = None, model_id: str = "", calibration: str = "",
+                 progress: bool = True, block: int = 128, keep_table: bool = True):
+    """Runs :func:`search_layer` on every layer of a Hugging Face model for one calibration
+    input and returns a :class:`~sparse_attn.pattern_config.PatternConfig`.
+
+    The model runs once, dense; each layer's queries and keys (after RoPE) are searched while
+    the forward pass is at that layer and then dropped, so memory stays at one layer's q/k
+    plus one block of scores. ``input_ids [1, S]``. A progress bar over layers (tqdm) when
+    ``progress``.
+
+    Example::
+
+        cfg = search_model(model, tok(text, return_tensors="pt").input_ids[:, :8192],
+                           model_id="HuggingFaceTB/SmolLM2-135M-Instruct", calibration="pydoc topics")
+        cfg.save("patterns/smollm2-135m-instruct.json")
+    """
+    import time
+
+    from .hf import capture_qk
+    from .pattern_config import PatternConfig
+
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"search_model: input_ids must be [1, seqlen], got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    mc = model.config
+    Hq = mc.num_attention_heads
+    Hkv = getattr(mc, "num_key_value_heads", None) or Hq
+    D = getattr(mc, "head_dim", None) or mc.hidden_size // Hq
+    layers: List[Optional[List[dict]]] = [None] * mc.num_hidden_layers
+    bar = progress_bar(mc.num_hidden_layers, progress)
+    pats = list(default_patterns() if patterns is None else patterns)
+    t0 = time.time()
+
+    def on_layer(layer_idx, q, k, scale):
+        picks = search_layer(q, k, target_recall=target_recall, patterns=pats, block=block, scale=scale,
+                             keep_table=keep_table)
+        layers[layer_idx] = [{"head": h, **p} for h, p in enumerate(picks)]
+        bar.update(1)
+
+    with torch.no_grad():
+        capture_qk(model, input_ids, on_layer)
+    bar.close()
+    if any(l is None for l in layers):
+        raise RuntimeError("search_model: some layers were never reached by the forward pass")
+    return PatternConfig({"id": model_id, "num_layers": mc.num_hidden_layers, "num_heads": Hq,
+                          "num_kv_heads": Hkv, "head_dim": D}, layers,
+                         calibration={"text": calibration, "tokens": int(input_ids.shape[1])},
+                         search={"target_recall": target_recall, "candidates": [p.to_json() for p in pats],
+                                 "cost": "fraction of dense causal (query, key) pairs computed",
+                                 "seconds": round(time.time() - t0, 1)})
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, enabled: bool, desc: str = "pattern search", unit: str = "layer"):
+    """A tqdm bar (or a silent stand-in when disabled or tqdm is missing)."""
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit)

@@ -112,6 +112,41 @@ def magnitude(q, cache, group_reduce):
 # --------------------------------------------------------------------------- cache metadata
 
 
+def test_extend_ragged_chunks_then_grow():
+    """extend() appends per-sequence row spans (chunked prefill with padding); grown() keeps
+    page ids, contents and metadata; a too-small pool raises with nothing written."""
+    B, Hkv, D, ps = 3, 2, 16, 8
+    g = _gen(7)
+    cache = PagedKVCache(12, ps, Hkv, D, batch_size=B, max_pages_per_seq=4, dtype=torch.float32)
+    k0 = _randn((B, 20, Hkv, D), torch.float32, g)
+    cache.prefill(k0, -k0, torch.tensor([20, 5, 0]))
+    k1 = _randn((B, 9, Hkv, D), torch.float32, g)
+    spans = [(0, 9), (3, 9), (9, 9)]
+    assert cache.can_hold([29, 11, 0]) and not cache.can_hold([33, 0, 0])
+    cache.extend(k1, -k1, spans)
+    assert cache.seqlens.tolist() == [29, 11, 0]
+    check_metadata(cache, "after extend")
+    want = [torch.cat([k0[0, :20], k1[0]]), torch.cat([k0[1, :5], k1[1, 3:]])]
+    for b in range(2):
+        gk, gv = ref.gather_kv(cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, b)
+        assert torch.equal(gk, want[b]) and torch.equal(gv, -want[b])
+    with pytest.raises(ValueError, match="max_pages_per_seq"):
+        cache.extend(k1, k1, [(0, 9), (0, 0), (0, 0)])  # 38 tokens > 4 pages of 8
+    assert cache.seqlens.tolist() == [29, 11, 0]
+    with pytest.raises(ValueError, match="spans"):
+        cache.extend(k1, k1, [(0, 10), (0, 0), (0, 0)])
+    big = cache.grown(30, 10)
+    assert big.num_pages == 30 and big.free_pages == cache.free_pages + 18
+    assert torch.equal(big.page_table[:, :4], cache.page_table) and (big.page_table[:, 4:] == -1).all()
+    big.extend(k1, -k1, [(0, 9), (0, 0), (0, 9)])
+    assert big.seqlens.tolist() == [38, 11, 9]
+    check_metadata(big, "after grown + extend")
+    gk, _ = ref.gather_kv(big.k_pages, big.v_pages, big.page_table, big.seqlens, 0)
+    assert torch.equal(gk, torch.cat([want[0], k1[0]]))
+    with pytest.raises(ValueError, match="at least"):
+        cache.grown(4, 4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ps", [8, 16, 64])
 def test_metadata_bit_exact_after_prefill_and_appends(dtype, ps):

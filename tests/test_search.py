@@ -5,7 +5,7 @@ import torch
 
 from sparse_attn import reference as ref
 from sparse_attn.masks import BlockSparseMask
-from sparse_attn.search import attention_recall
+from sparse_attn.search import attention_recall, evaluate_candidates
 
 from conftest import qkv
 
@@ -43,6 +43,12 @@ def test_recall_matches_dense(Sq, Sk):
              ref.block_sparse_dense_mask(bmask.counts, bmask.indices, (64, 64), Sq, Sk)]
     for c, m in enumerate(masks):
         torch.testing.assert_close(got[c], dense_recall(q, k, m), rtol=0, atol=1e-5)
+    # cost: the share of the causal (query, key) pairs each mask keeps, per (batch, head)
+    _, cost = evaluate_candidates(q, k, cands, block=64)
+    causal = ref.causal_mask(Sq, Sk)
+    for c, m in enumerate(masks):
+        want = (m.expand(B, Hq, Sq, Sk) & causal).sum((-1, -2)).double() / causal.sum()
+        torch.testing.assert_close(cost[c], want, rtol=0, atol=1e-12)
     assert torch.allclose(got[0], torch.ones_like(got[0]))
     assert (got[1:] < 1).all()  # the sparse candidates drop some mass on random inputs
 

