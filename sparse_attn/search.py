@@ -115,9 +115,10 @@ def _check_qk(q, k, op):
         raise ValueError(f"{op}: q heads ({q.shape[2]}) must be a multiple of k heads ({k.shape[2]})")
 
 
-def _vs_tables(cand, b: int, Sk: int):
-    """A vertical-slash candidate's columns [H|1, NV] (clipped to the sequence) and its slash
-    offsets [H|1, NS'] (the main diagonal added), both int64, plus the bool table of offsets."""
+def _vs_tables(cand, b: int, Sk: int, Hq: int):
+    """A vertical-slash candidate as float masks over key columns and over diagonal offsets
+    ``[Hq, Sk]`` (main diagonal added, out-of-range entries dropped) and its sorted distinct
+    columns ``[Hq, NV]`` (padded with Sk)."""
     vertical, slash = cand[1], cand[2]
     v = vertical[b if vertical.shape[0] > 1 else 0].long()
     s = slash[b if slash.shape[0] > 1 else 0].long()
@@ -125,20 +126,10 @@ def _vs_tables(cand, b: int, Sk: int):
     cols = torch.zeros(v.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, v.clamp(0, Sk), True)[:, :Sk]
     offs = torch.zeros(s.shape[0], Sk + 1, dtype=torch.bool).scatter_(1, s.clamp(0, Sk), True)[:, :Sk]
     offs[:, 0] = True  # the main diagonal, as the op
-    width_v, width_s = int(cols.sum(1).max()), int(offs.sum(1).max())
-    # distinct entries per head, padded with -1 (rows with fewer entries)
-    vl = torch.where(cols, torch.arange(Sk), Sk).sort(1).values[:, :width_v]
-    sl = torch.where(offs, torch.arange(Sk), Sk).sort(1).values[:, :width_s]
-    return vl, sl, offs
-
-
-def _gather_kept(p: torch.Tensor, cols: torch.Tensor):
-    """Sum of p [H, R, Sk] over per-(head|1, row) columns cols [H|1, R, N] (values outside
-    [0, Sk) add nothing) and how many of them are inside: ([H, R], [H|1, R])."""
-    Sk = p.shape[-1]
-    ok = (cols >= 0) & (cols < Sk)
-    vals = p.gather(-1, cols.clamp(0, Sk - 1).expand(p.shape[0], -1, -1)) * ok
-    return vals.sum(-1), ok.sum(-1)
+    cols, offs = cols.expand(Hq, -1), offs.expand(Hq, -1)
+    width = max(int(cols.sum(1).max()), 1)
+    vl = torch.where(cols, torch.arange(Sk), Sk).sort(1).values[:, :width]
+    return cols.float(), offs.float(), offs, vl
 
 
 def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, block: int = 128,
@@ -173,7 +164,8 @@ def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, 
             blocks[c] = cand[1].to_dense(-(-Sk // cand[1].block_size[1]))
     for b in range(B):
         kb = k[b].float().permute(1, 2, 0)  # [Hkv, D, Sk]
-        vs = {c: _vs_tables(cand, b, Sk) for c, cand in enumerate(candidates) if cand[0] == "vertical_slash"}
+        vs = {c: _vs_tables(cand, b, Sk, Hq) for c, cand in enumerate(candidates) if cand[0] == "vertical_slash"}
+        offcum = {c: t[2].cumsum(1) for c, t in vs.items()}  # offsets <= t, per head
         for r0 in range(0, Sq, block):
             r1 = min(r0 + block, Sq)
             R = r1 - r0
@@ -186,7 +178,7 @@ def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, 
             p = torch.softmax(s, dim=-1).nan_to_num_(0.0)  # rows seeing nothing: all zeros
             seen = pos >= 0  # [rows]
             last = pos.clamp(max=Sk - 1)  # last key a row sees (-1: none)
-            csum = None
+            csum, skew, block_sums = None, None, {}
             for c, cand in enumerate(candidates):
                 kind = cand[0]
                 if kind == "dense":
@@ -205,25 +197,28 @@ def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, 
                     kept = cs[:, 0] - cs[:, 1] + cs[:, 2]
                     n = ((e - w0) + s_end).sum().double().expand(Hq)
                 elif kind == "vertical_slash":
-                    vl, sl, offs = vs[c]
-                    # verticals the row sees: column <= last
-                    vcols = vl[:, None, :].expand(-1, R, -1)
-                    vcols = torch.where(vcols <= last[None, :, None], vcols, -1)
-                    kv, nv = _gather_kept(p, vcols)
-                    # diagonals: column pos - offset, skipping those already counted as verticals
-                    scols = pos[None, :, None] - sl[:, None, :]
-                    vis = (vl < Sk)[:, None, :] & (vcols >= 0)  # [H|1, R, NV] verticals seen
-                    dup = offs.gather(1, (pos[None, :, None] - vl[:, None, :]).clamp(0, Sk - 1).flatten(1)).view(
-                        vl.shape[0], R, -1) & vis  # a seen vertical that lies on a diagonal
-                    ks, ns = _gather_kept(p, torch.where(sl[:, None, :] < Sk, scols, -1))
-                    kd, nd = _gather_kept(p, torch.where(dup, vcols, -1))
+                    if skew is None:  # skew[h, r, o] = p[h, r, pos_r - o]: diagonals become columns
+                        d = pos[:, None] - j[None, :]
+                        skew = p.gather(-1, d.clamp(0, Sk - 1).expand(Hq, -1, -1)) * (d >= 0)
+                    colf, offf, offb, vl = vs[c]
+                    kv = torch.bmm(p, colf[:, :, None])[..., 0]  # verticals (p is 0 past causality)
+                    ks = torch.bmm(skew, offf[:, :, None])[..., 0]  # diagonals
+                    # a vertical column on a kept diagonal is counted once
+                    dv = pos[None, :, None] - vl[:, None, :]  # [Hq, R, NV]
+                    on = (dv >= 0) & (vl < Sk)[:, None, :]
+                    on &= offb.gather(1, dv.clamp(0, Sk - 1).flatten(1)).view_as(dv)
+                    kd = (p.gather(-1, vl.clamp(max=Sk - 1)[:, None, :].expand(-1, R, -1)) * on).sum(-1)
                     kept = (kv + ks - kd).double()
-                    n = (nv + ns - nd).sum(-1).double().expand(Hq)
+                    nv = (vl[:, None, :] <= last[None, :, None]).sum(-1)  # visible verticals
+                    ns = offcum[c].gather(1, pos.clamp(0, Sk - 1)[None].expand(Hq, -1)) * (pos >= 0)  # offsets <= pos
+                    n = (nv + ns - on.sum(-1)).sum(-1).double()
                 else:
                     bq, bk = cand[1].block_size
                     blk = blocks[c][b if blocks[c].shape[0] > 1 else 0][:, qi // bq]  # [H|1, R, NB]
                     nb = blk.shape[-1]
-                    pb = torch.nn.functional.pad(p, (0, nb * bk - Sk)).view(Hq, R, nb, bk).sum(-1)
+                    if bk not in block_sums:  # per key block sums of p, shared by equal block sizes
+                        block_sums[bk] = torch.nn.functional.pad(p, (0, nb * bk - Sk)).view(Hq, R, nb, bk).sum(-1)
+                    pb = block_sums[bk]
                     kept = (pb * blk).sum(-1).double()
                     # causal keys of each row in each key block
                     cnt = (last[:, None] + 1 - torch.arange(nb)[None, :] * bk).clamp(0, bk)
