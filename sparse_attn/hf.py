@@ -113,6 +113,13 @@ class _LayerState:
     group: int
 
 
+def layer_state(patterns: List[Pattern], group: int, *, decode: str = "quest", token_budget: int = 2048,
+                min_sparse_tokens: int = 1024) -> _LayerState:
+    """What :func:`patch` attaches to one attention module: its head runs and decode policy."""
+    dense_kv = sorted({h // group for h, p in enumerate(patterns) if p.kind == "dense"})
+    return _LayerState(_runs(patterns, group), dense_kv, decode, token_budget, min_sparse_tokens, group)
+
+
 # ---------------------------------------------------------------------------- the cache
 class SparseAttnCache:
     """Factory for the transformers ``Cache`` backed by one :class:`PagedKVCache` per layer.
@@ -427,11 +434,9 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
                          f"with a layer_idx, expected {mc.num_hidden_layers}")
     cfg = config if isinstance(config, PatternConfig) else PatternConfig.load(config)
     cfg.validate(num_layers=mc.num_hidden_layers, num_heads=Hq, num_kv_heads=Hkv, head_dim=D)
-    group = Hq // Hkv
     for m in modules:
-        pats = cfg.layer_patterns(m.layer_idx)
-        dense_kv = sorted({h // group for h, p in enumerate(pats) if p.kind == "dense"})
-        m._sparse_attn = _LayerState(_runs(pats, group), dense_kv, decode, token_budget, min_sparse_tokens, group)
+        m._sparse_attn = layer_state(cfg.layer_patterns(m.layer_idx), Hq // Hkv, decode=decode,
+                                     token_budget=token_budget, min_sparse_tokens=min_sparse_tokens)
     AttentionInterface.register(ATTN_NAME, _attention)
     AttentionMaskInterface.register(ATTN_NAME, _padding_mask)
     previous = mc._attn_implementation

@@ -99,10 +99,13 @@ class Pattern:
 
 def default_patterns() -> List[Pattern]:
     """The candidates :func:`search_layer` tries by default (token budgets fit 4k-32k inputs)."""
-    pats = [Pattern("streaming", {"sink_tokens": 64, "window_tokens": w}) for w in (256, 512, 1024, 2048)]
+    # A fine ladder: a head takes the cheapest rung that reaches the target, so gaps between
+    # rungs are paid in cost (at 8k, recall 0.99 needs cost 0.1-0.9 depending on the head).
+    pats = [Pattern("streaming", {"sink_tokens": 64, "window_tokens": w}) for w in (256, 512, 1024, 2048, 3072, 4096)]
     pats += [Pattern("vertical_slash", {"n_vertical": nv, "n_slash": ns})
-             for nv, ns in ((64, 256), (128, 512), (256, 1024), (512, 2048), (1024, 3072))]
-    pats += [Pattern("block_sparse", {"density": d, "block_size": 64}) for d in (0.1, 0.2, 0.3, 0.5)]
+             for nv, ns in ((64, 256), (128, 512), (256, 1024), (384, 1536), (512, 2048), (768, 2560), (1024, 3072),
+                            (1024, 4096), (2048, 4096))]
+    pats += [Pattern("block_sparse", {"density": d, "block_size": 64}) for d in (0.1, 0.2, 0.3, 0.5, 0.7)]
     return pats + [Pattern("dense")]
 
 

@@ -259,3 +259,29 @@ def test_search_model_matches_search_layer_on_captured_qk():
     sh.patch(model, cfg, min_sparse_tokens=64)  # the result is usable as is
     assert torch.isfinite(model(ids, use_cache=False).logits).all()
     sh.unpatch(model)
+
+
+class _CharTokenizer:
+    """Stand-in tokenizer for the demo on the tiny model: one id per character."""
+
+    def __call__(self, text, return_tensors=None):
+        class Out:
+            input_ids = torch.tensor([[1 + ord(c) % 127 for c in text[:5000]]])
+        return Out()
+
+    def decode(self, ids):
+        return "".join(chr(32 + i % 90) for i in ids)
+
+
+@torch.no_grad()
+def test_demo_run_reports_every_figure():
+    from sparse_attn import demo
+
+    model = tiny_model()
+    res = demo.run(model, _CharTokenizer(), MIXED, tokens=320, new_tokens=3, token_budget=64, progress=False)
+    assert not sh.is_patched(model) and model.config._attn_implementation == "sdpa"
+    for mode in ("dense", "patched"):
+        assert res[mode]["prefill_s"] > 0 and res[mode]["ppl"] > 1 and len(res[mode]["continuation"]) == 3
+    assert 0 <= res["top1_agreement_last"]["agreement"] <= 1 and res["top1_agreement_last"]["positions"] == 320
+    assert set(res["decode_attention_s"]) == {"sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads"}
+    assert "prefill speedup" in demo.format_results(res)
