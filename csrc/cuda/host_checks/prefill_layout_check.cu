@@ -11,8 +11,13 @@
 //   5. acc_as_a_operand: S's accumulator regrouped as the A operand holds, element by element,
 //      the (row, key) the MMA expects there (P never leaves registers);
 //   6. KeyChunkWalker (the kernel's key loop) yields exactly the 64-key chunks of
-//      block_row_spans (the CPU engine's) for random block rows, and of streaming_spans.
+//      block_row_spans (the CPU engine's) for random block rows, and of streaming_spans;
+//   7. TileMask (the kernel's chunks, full-chunk shortcut and element mask), replayed for
+//      every tile of random block-sparse and streaming problems (ragged, Sq != Sk, GQA,
+//      broadcast lists, full lists, causal or not), keeps exactly the (query, key) pairs of
+//      a mask built from first principles, each once.
 #include <cstdio>
+#include <algorithm>
 #include <random>
 #include <set>
 #include <vector>
@@ -20,6 +25,7 @@
 #include "check.h"
 
 #include "../prefill/prefill_traits.cuh"
+#include "../prefill/tile_mask.h"
 #include "sparse_attn/key_spans.h"
 
 using namespace cute;
@@ -210,12 +216,107 @@ static void check_walker() {
   std::printf("  walker: %d cases\n", cases);
 }
 
+// 7. whole problems through TileMask
+static void replay(const sparse_attn::cuda::PrefillArgs& a, const std::vector<char>& want_bhqk, int it) {
+  const auto& p = a.p;
+  const int64_t Sq = p.seqlen_q, Sk = p.seqlen_k;
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t h = 0; h < p.heads_q; ++h) {
+      std::vector<char> got(Sq * Sk, 0);
+      for (int64_t q0 = 0; q0 < Sq; q0 += 64) {
+        const int64_t rows = std::min<int64_t>(64, Sq - q0);
+        const pf::TileMask tm = pf::TileMask::of(a, q0, rows);
+        sparse_attn::KeyChunkWalker w = tm.walker(a, b, h, 64);
+        for (int64_t k0 = w.next(); k0 >= 0; k0 = w.next()) {
+          CHECK(k0 % 64 == 0 && k0 < Sk, "case %d: chunk at %lld", it, (long long)k0);
+          const bool full = tm.chunk_full(k0, k0 + 64);
+          for (int64_t r = q0; r < q0 + rows; ++r)
+            for (int64_t j = k0; j < k0 + 64; ++j)
+              if (full || tm.visible(r, j)) {
+                CHECK(j < Sk, "case %d: kept key %lld past the sequence", it, (long long)j);
+                if (j < Sk) ++got[r * Sk + j];
+              }
+        }
+      }
+      for (int64_t r = 0; r < Sq; ++r)
+        for (int64_t j = 0; j < Sk; ++j)
+          CHECK(got[r * Sk + j] == want_bhqk[((b * p.heads_q + h) * Sq + r) * Sk + j],
+                "case %d (b %lld, h %lld): pair (%lld, %lld) kept %d times, want %d", it, (long long)b, (long long)h,
+                (long long)r, (long long)j, got[r * Sk + j], want_bhqk[((b * p.heads_q + h) * Sq + r) * Sk + j]);
+    }
+}
+
+static void check_tile_mask() {
+  using namespace sparse_attn;
+  std::mt19937 rng(11);
+  int cases = 0;
+  for (int it = 0; it < 300; ++it) {
+    sparse_attn::cuda::PrefillArgs a;
+    auto& p = a.p;
+    p.batch = 1 + rng() % 2, p.heads_kv = 1 + rng() % 2, p.heads_q = p.heads_kv * (1 + rng() % 2);
+    p.seqlen_q = 1 + rng() % 400, p.seqlen_k = 1 + rng() % 400;
+    const int64_t B = p.batch, H = p.heads_q, Sq = p.seqlen_q, Sk = p.seqlen_k, off = Sk - Sq;
+    std::vector<char> want(B * H * Sq * Sk, 0);
+    std::vector<int32_t> counts, idx, fcounts, fidx;
+    if (it % 3 == 2) {  // streaming (always causal)
+      a.mode = sparse_attn::cuda::PrefillMode::kStreaming;
+      p.causal = true;
+      a.stream = StreamingParams{int64_t(rng() % 150), int64_t(rng() % 250)};
+      for (int64_t bh = 0; bh < B * H; ++bh)
+        for (int64_t r = 0; r < Sq; ++r)
+          for (int64_t j = 0; j < Sk; ++j) {
+            const int64_t pos = r + off;
+            want[(bh * Sq + r) * Sk + j] = j <= pos && (j < a.stream.sink_tokens || pos - j < a.stream.window_tokens);
+          }
+    } else {  // block-sparse: random lists per (b, h) or broadcast over heads, maybe full lists
+      a.mode = sparse_attn::cuda::PrefillMode::kBlockSparse;
+      p.causal = rng() % 2;
+      auto& m = a.mask;
+      m.block_q = 64 * (1 + rng() % 2), m.block_k = 64 * (1 + rng() % 3);
+      m.num_q_blocks = (Sq + m.block_q - 1) / m.block_q, m.num_k_blocks = (Sk + m.block_k - 1) / m.block_k;
+      const int64_t MB = m.num_q_blocks, NB = m.num_k_blocks, Hm = rng() % 2 ? H : 1;
+      const bool with_full = rng() % 2;
+      m.max_count = m.max_full_count = NB;
+      counts.assign(B * Hm * MB, 0), idx.assign(B * Hm * MB * NB, -7);  // -7: never read
+      fcounts.assign(B * Hm * MB, 0), fidx.assign(B * Hm * MB * NB, -7);
+      std::vector<char> attend(B * Hm * MB * NB, 0);
+      for (int64_t row = 0; row < B * Hm * MB; ++row)
+        for (int64_t n = 0; n < NB; ++n) {
+          const unsigned r = rng() % 3;
+          if (r == 0) continue;
+          attend[row * NB + n] = 1;
+          // a "full" block must be fully visible under the causal mask (validate's rule)
+          const int64_t mq = row % MB, k_end = std::min<int64_t>((n + 1) * m.block_k, Sk);
+          const bool may_be_full = !p.causal || k_end - 1 <= mq * m.block_q + off;
+          if (with_full && r == 2 && may_be_full) fidx[row * NB + fcounts[row]++] = int32_t(n);
+          else idx[row * NB + counts[row]++] = int32_t(n);
+        }
+      m.counts = counts.data(), m.indices = idx.data();
+      const int64_t cs[3] = {Hm * MB, Hm == 1 ? 0 : MB, 1}, is[4] = {Hm * MB * NB, Hm == 1 ? 0 : MB * NB, NB, 1};
+      for (int i = 0; i < 3; ++i) m.counts_stride[i] = m.full_counts_stride[i] = cs[i];
+      for (int i = 0; i < 4; ++i) m.indices_stride[i] = m.full_indices_stride[i] = is[i];
+      if (with_full) m.full_counts = fcounts.data(), m.full_indices = fidx.data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t r = 0; r < Sq; ++r)
+            for (int64_t j = 0; j < Sk; ++j) {
+              const int64_t row = (b * Hm + (Hm == 1 ? 0 : h)) * MB + r / m.block_q;
+              want[((b * H + h) * Sq + r) * Sk + j] = attend[row * NB + j / m.block_k] && (!p.causal || j <= r + off);
+            }
+    }
+    replay(a, want, it);
+    ++cases;
+  }
+  std::printf("  tile mask: %d problems\n", cases);
+}
+
 int main() {
   check_instance<pf::Traits<bfloat16_t, 64>>("bf16, head_dim 64");
   check_instance<pf::Traits<bfloat16_t, 128>>("bf16, head_dim 128");
   check_instance<pf::Traits<half_t, 64>>("fp16, head_dim 64");
   check_instance<pf::Traits<half_t, 128>>("fp16, head_dim 128");
   check_walker();
+  check_tile_mask();
   if (g_failures) {
     std::printf("prefill_layout_check: %d FAILED checks\n", g_failures);
     return 1;

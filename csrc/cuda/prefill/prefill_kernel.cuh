@@ -20,8 +20,7 @@
 #include "instances.cuh"
 #include "launch.h"
 #include "prefill_traits.cuh"
-#include "sparse_attn/causal.h"
-#include "sparse_attn/key_spans.h"
+#include "tile_mask.h"
 #include "sparse_attn/softmax_state.h"
 
 namespace sparse_attn::cuda::prefill {
@@ -74,7 +73,7 @@ __device__ __forceinline__ void load_b_and_gemm(const Mma& mma, const TiledCopy&
 }
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads) prefill_kernel(const __grid_constant__ PrefillArgs args) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_constant__ PrefillArgs args) {
   using T = typename Tr::Element;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, D = Tr::kHeadDim;
   static_assert(BM == BN, "Q and K/V tiles share the global tile view below");
@@ -85,21 +84,8 @@ __global__ void __launch_bounds__(Tr::kThreads) prefill_kernel(const __grid_cons
   const int64_t h = blockIdx.y, b = blockIdx.z, g = h / (p.heads_q / p.heads_kv);
   const int64_t q0 = m * BM;
   const int rows = int(p.seqlen_q - q0 < BM ? p.seqlen_q - q0 : BM);
-  const CausalGeometry geo{p.seqlen_q, p.seqlen_k, p.causal};
-  const int64_t q_last = q0 + rows - 1;
-  const bool streaming = args.mode == PrefillMode::kStreaming;
-
-  // This tile's key chunks (never past the last visible key of its last row).
-  const int64_t key_end = geo.key_end(q_last);
-  KeyChunkWalker walk;
-  if (streaming) {
-    KeySpan spans[2];
-    const int n = streaming_spans(args.stream, geo.key_pos(q0), geo.key_pos(q_last) + 1, p.seqlen_k, BN, spans);
-    walk = KeyChunkWalker::of_spans(spans, n, BN);
-  } else {
-    const int64_t mask_row = q0 / args.mask.block_q;
-    walk = KeyChunkWalker::of_blocks(BlockRow::of(args.mask, b, h, mask_row), args.mask.block_k, key_end, BN);
-  }
+  const TileMask tmask = TileMask::of(args, q0, rows);
+  KeyChunkWalker walk = tmask.walker(args, b, h, BN);
 
   extern __shared__ __align__(1024) char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -179,20 +165,13 @@ __global__ void __launch_bounds__(Tr::kThreads) prefill_kernel(const __grid_cons
 
     // Element mask where the chunk is not visible to every row of the tile.
     Tensor s_rc = make_tensor(acc_s.data(), rowcol_view(acc_s.layout()));
-    const int64_t k1 = k_cur + BN;
-    const bool full = geo.tile_fully_visible(q0, k1) &&
-                      (!streaming || streaming_chunk_full(args.stream, geo.key_pos(q_last), k_cur, k1));
-    if (!full) {
+    if (!tmask.chunk_full(k_cur, k_cur + BN)) {
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         const int64_t row = q0 + get<0>(c_s_rc(i, 0));
-        const int64_t end = geo.key_end(row), pos = geo.key_pos(row);
         CUTE_UNROLL
-        for (int j = 0; j < size<1>(s_rc); ++j) {
-          const int64_t key = k_cur + get<1>(c_s_rc(i, j));
-          const bool vis = key < end && (!streaming || streaming_visible(args.stream, pos, key));
-          if (!vis) s_rc(i, j) = -INFINITY;
-        }
+        for (int j = 0; j < size<1>(s_rc); ++j)
+          if (!tmask.visible(row, k_cur + get<1>(c_s_rc(i, j)))) s_rc(i, j) = -INFINITY;
       }
     }
 
