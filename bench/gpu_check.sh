@@ -16,9 +16,12 @@
 #                was incremental and compiled no CUDA, csrc/cuda/*.cu is recompiled for it)
 #   host_checks  csrc/cuda/host_checks/run.sh (CuTe layout checks on the CPU)
 #   pytest_cuda  python -m pytest -q -m cuda tests/
-#   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke
+#   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke (the
+#                smoke kernel and test_cuda_prefill.py::test_smoke_small_case_for_sanitizers)
 #   racecheck    compute-sanitizer --tool racecheck on the same
-#   bench        python -m bench --gpu --quick (when bench has a --gpu mode)
+#   gpu_prefill  bench/gpu_prefill.py: CUDA prefill vs SDPA flash / flex_attention (GPU_BENCH_ARGS,
+#                e.g. --quick)
+#   bench        python -m sparse_attn.benchmark --quick (the CPU suite)
 # Env: SPARSE_ATTN_CUDA_ARCHS (passed through to the build), PIP_EXTRA_ARGS (e.g. --no-deps
 # on an offline machine), PYTHON (default python).
 set -uo pipefail
@@ -169,6 +172,12 @@ else
     esac
   done
 fi
+
+# ---------------------------------------------------------------- CUDA prefill benchmark
+# bench/gpu_prefill.py: the CUDA engine vs SDPA (flash backend) and flex_attention, 8k..128k.
+run_step gpu_prefill gpu_prefill.log "$PY" bench/gpu_prefill.py ${GPU_BENCH_ARGS:-} --out "$OUT"
+rc=$?
+if [[ $rc == 0 ]]; then record gpu_prefill PASS; else record gpu_prefill FAIL "exit $rc, see gpu_prefill.log"; fi
 
 # ---------------------------------------------------------------- benchmarks
 # The suite has no CUDA cases yet (the attention kernels are CPU-only so far); once the

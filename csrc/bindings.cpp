@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "cpu/attention_kernel.h"
+#include "torch_checks.h"
 #include "sparse_attn/causal.h"
 #include "sparse_attn/params.h"
 #include "sparse_attn/stream_k.h"
@@ -42,6 +43,8 @@ void check_qkv_layout(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.stride(3) == 1, name, " must have a contiguous last dimension (stride 1), got strides ",
                     t.strides());
 }
+
+}  // namespace
 
 // Checks q/k/v/out and fills the shared part of the parameters.
 AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -93,6 +96,8 @@ AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::
   return p;
 }
 
+namespace {
+
 void check_index_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& q) {
   TORCH_CHECK_VALUE(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
@@ -122,18 +127,16 @@ void fill_block_list(const at::Tensor& counts, const at::Tensor& indices, const 
   capacity = indices.size(3);
 }
 
-at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                      at::Tensor& out, const at::Tensor& counts, const at::Tensor& indices,
-                                      const std::optional<at::Tensor>& full_counts,
-                                      const std::optional<at::Tensor>& full_indices, int64_t block_q,
-                                      int64_t block_k, bool causal, double scale, bool validate) {
-  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
-  AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
+}  // namespace
+
+BlockSparseParams make_block_sparse_params(const AttentionParams& p, const at::Tensor& q, const at::Tensor& counts,
+                                           const at::Tensor& indices, const std::optional<at::Tensor>& full_counts,
+                                           const std::optional<at::Tensor>& full_indices, int64_t block_q,
+                                           int64_t block_k, bool causal, bool validate) {
   TORCH_CHECK_VALUE(block_q >= 16 && block_q <= 512 && block_q % 16 == 0,
                     "block_size[0] (query block) must be a multiple of 16 in [16, 512], got ", block_q);
   TORCH_CHECK_VALUE(block_k >= 64 && block_k % 64 == 0 && block_k <= (1 << 20),
-                    "block_size[1] (key block) must be a multiple of 64 in [64, 2^20] on the CPU engine, got ",
-                    block_k);
+                    "block_size[1] (key block) must be a multiple of 64 in [64, 2^20], got ", block_k);
   TORCH_CHECK_VALUE(full_counts.has_value() == full_indices.has_value(),
                     "full_counts and full_indices must be given together");
   BlockSparseParams m;
@@ -148,25 +151,63 @@ at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, 
                     m.full_counts_stride, m.full_indices, m.full_indices_stride, m.max_full_count);
   }
   if (validate) {
+    // Device lists are validated from a host copy (one synchronizing copy per call; pass
+    // validate=False to skip it once the lists are known to be good).
+    BlockSparseParams hm = m;
+    at::Tensor hc, hi, hfc, hfi;
+    if (!counts.is_cpu()) {
+      // a CPU stand-in for q (only its sizes and device are read; no copy)
+      const at::Tensor qh = at::empty({1, 1, 1, 1}, q.options().device(at::kCPU)).expand(q.sizes());
+      auto host = [](const at::Tensor& t) { return t.to(at::kCPU).contiguous(); };
+      hc = host(counts), hi = host(indices);
+      fill_block_list(hc, hi, "counts", "indices", qh, m.num_q_blocks, hm.counts, hm.counts_stride,
+                      hm.indices, hm.indices_stride, hm.max_count);
+      if (full_counts) {
+        hfc = host(*full_counts), hfi = host(*full_indices);
+        fill_block_list(hfc, hfi, "full_counts", "full_indices", qh, m.num_q_blocks, hm.full_counts,
+                        hm.full_counts_stride, hm.full_indices, hm.full_indices_stride, hm.max_full_count);
+      }
+    }
     const CausalGeometry geo{p.seqlen_q, p.seqlen_k, causal};
-    std::string err = validate_block_sparse(m, counts.size(0), counts.size(1),
-                                            full_counts ? full_counts->size(0) : 0,
+    std::string err = validate_block_sparse(hm, counts.size(0), counts.size(1), full_counts ? full_counts->size(0) : 0,
                                             full_counts ? full_counts->size(1) : 0, geo);
     TORCH_CHECK_VALUE(err.empty(), err);
   }
+  return m;
+}
+
+StreamingParams make_streaming_params(const AttentionParams& p, int64_t sink_tokens, int64_t window_tokens) {
+  TORCH_CHECK_VALUE(sink_tokens >= 0, "sink_tokens must be >= 0, got ", sink_tokens);
+  TORCH_CHECK_VALUE(window_tokens >= 0, "window_tokens must be >= 0, got ", window_tokens);
+  // Anything past the key length means "everything"; clamping keeps the index math small.
+  const int64_t cap = p.seqlen_k + 1;
+  return StreamingParams{std::min(sink_tokens, cap), std::min(window_tokens, cap)};
+}
+
+at::Tensor new_lse(const at::Tensor& q) {
+  return at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+}
+
+namespace {
+
+at::Tensor block_sparse_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      at::Tensor& out, const at::Tensor& counts, const at::Tensor& indices,
+                                      const std::optional<at::Tensor>& full_counts,
+                                      const std::optional<at::Tensor>& full_indices, int64_t block_q,
+                                      int64_t block_k, bool causal, double scale, bool validate) {
+  auto lse = new_lse(q);
+  AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
+  const BlockSparseParams m =
+      make_block_sparse_params(p, q, counts, indices, full_counts, full_indices, block_q, block_k, causal, validate);
   if (q.numel() > 0) cpu::block_sparse_forward(p, m);
   return lse;
 }
 
 at::Tensor streaming_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
                                    int64_t sink_tokens, int64_t window_tokens, double scale) {
-  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  auto lse = new_lse(q);
   AttentionParams p = make_params(q, k, v, out, lse, scale, /*causal=*/true);
-  TORCH_CHECK_VALUE(sink_tokens >= 0, "sink_tokens must be >= 0, got ", sink_tokens);
-  TORCH_CHECK_VALUE(window_tokens >= 0, "window_tokens must be >= 0, got ", window_tokens);
-  // Anything past the key length means "everything"; clamping keeps the index math small.
-  const int64_t cap = p.seqlen_k + 1;
-  StreamingParams s{std::min(sink_tokens, cap), std::min(window_tokens, cap)};
+  const StreamingParams s = make_streaming_params(p, sink_tokens, window_tokens);
   if (q.numel() > 0) cpu::streaming_forward(p, s);
   return lse;
 }
@@ -226,7 +267,7 @@ at::Tensor vertical_slash_attention_cpu(const at::Tensor& q, const at::Tensor& k
                                         at::Tensor& out, const at::Tensor& vertical, const at::Tensor& vertical_count,
                                         const at::Tensor& slash, const at::Tensor& slash_count, bool causal,
                                         double scale) {
-  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  auto lse = new_lse(q);
   AttentionParams p = make_params(q, k, v, out, lse, scale, causal);
   VerticalSlashParams vs =
       make_vs_params(vertical, vertical_count, slash, slash_count, p.batch, p.heads_q, q.device());

@@ -10,6 +10,9 @@ from .masks import BlockSparseMask
 
 __all__ = ["block_sparse_attention", "streaming_attention"]
 
+# Ops with a CUDA kernel (csrc/cuda/prefill): bfloat16/float16, head_dim 64 or 128.
+_CUDA_OPS = ("block_sparse_attention", "streaming_attention")
+
 
 def _check_inputs(q, k, v, out, op: str):
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -17,10 +20,10 @@ def _check_inputs(q, k, v, out, op: str):
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{op}: {name} must be [batch, seqlen, heads, head_dim], got shape {tuple(t.shape)}")
-    if q.device.type != "cpu":
+    if q.device.type not in ("cpu", "cuda") or (q.device.type == "cuda" and op not in _CUDA_OPS):
         raise ValueError(
-            f"{op}: q is on {q.device}, but this build only runs on the CPU engine; the CUDA engine for "
-            f"this op is not built yet (see the README's status table)"
+            f"{op}: q is on {q.device}, but this op only runs on the CPU engine so far; its CUDA "
+            f"kernel is not built yet (see the README's status table)"
         )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(f"{op}: inference only, there is no backward; call it under torch.no_grad() "

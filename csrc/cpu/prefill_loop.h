@@ -71,7 +71,7 @@ bool chunk_fully_visible(const Policy& pol, const CausalGeometry& geo, int64_t b
   const int64_t k1 = k0 + kChunk;
   if (!geo.tile_fully_visible(q0, k1)) return false;
   if constexpr (Policy::kMask == MaskKind::kStreaming) {
-    return k1 <= pol.s.sink_tokens || geo.key_pos(q1 - 1) - k0 < pol.s.window_tokens;
+    return streaming_chunk_full(pol.s, geo.key_pos(q1 - 1), k0, k1);
   } else if constexpr (Policy::kMask == MaskKind::kBits) {
     return pol.chunk_full(b, h, geo.key_pos(q0), geo.key_pos(q1 - 1) + 1, k0);
   }

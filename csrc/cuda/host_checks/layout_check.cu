@@ -11,22 +11,13 @@
 #include <cstdio>
 #include <vector>
 
+#include "check.h"
+
 #include "../smoke_tile.cuh"
 
 using namespace cute;
 namespace sm = sparse_attn::cuda::smoke;
 
-static int g_failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      if (++g_failures <= 20) {                                   \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                 \
-        std::printf("\n");                                        \
-      }                                                           \
-    }                                                             \
-  } while (0)
 
 constexpr int T = sm::kTile;
 

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""GPU prefill benchmark of the CUDA engine (issue 6): block-sparse and streaming attention
+against dense FlashAttention-2 (`scaled_dot_product_attention`, flash backend) and compiled
+`flex_attention` with the same block mask, at 8k to 128k tokens.
+
+    python bench/gpu_prefill.py [--seqlens 8192 16384 ...] [--densities 0.1 0.3] [--out DIR] [--quick]
+
+Per case: median of CUDA-event timings after a warm-up, each op timed in turns with its
+baselines; effective TFLOP/s both dense-equivalent (the causal dense FLOPs / time) and actual
+(the FLOPs of the attended blocks / time), and ratio = ours / (density x dense time), the
+target being <= 1.2 at density <= 0.3 on an H100. Writes JSON to --out (default
+bench/results/gpu_prefill_<date>.json). Needs a CUDA device; nothing here is run in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import sparse_attn
+from sparse_attn.masks import BlockSparseMask
+
+
+def cuda_time_ms(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
+def random_causal_blocks(H: int, nb: int, density: float, seed: int) -> torch.Tensor:
+    """Per head, about `density` of the causal blocks, always the diagonal and block 0."""
+    g = torch.Generator().manual_seed(seed)
+    causal = torch.ones(nb, nb, dtype=torch.bool).tril()
+    keep = (torch.rand(1, H, nb, nb, generator=g) < density) & causal
+    eye = torch.eye(nb, dtype=torch.bool)
+    keep |= eye
+    keep[..., 0] = True
+    return keep
+
+
+def streaming_fraction(S: int, sink: int, window: int) -> float:
+    """Visible (query, key) pairs of sink + window over the causal pairs (exact)."""
+    i = torch.arange(S, dtype=torch.float64)
+    sink_n = torch.clamp(i + 1, max=sink)
+    win_lo = torch.clamp(i - window + 1, min=0)
+    win_n = i + 1 - win_lo
+    overlap = torch.clamp(sink_n - win_lo, min=0)
+    return float((sink_n + win_n - overlap).sum() / (S * (S + 1) / 2))
+
+
+def flex_runner(q, k, v, bmap, block):
+    """Compiled flex_attention with the same blocks (causal mask_mod on top), or None."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    S = q.shape[1]
+    bm = bmap[0].cuda()
+
+    def mask_mod(b, h, qi, ki):
+        return (qi >= ki) & bm[h, qi // block, ki // block]
+
+    block_mask = create_block_mask(mask_mod, 1, q.shape[2], S, S, device="cuda", BLOCK_SIZE=block)
+    fa = torch.compile(flex_attention)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    return lambda: fa(qt, kt, vt, block_mask=block_mask, enable_gqa=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seqlens", type=int, nargs="+", default=[8192, 16384, 32768, 65536, 131072])
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3])
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dims", type=int, nargs="+", default=[128])
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="8k and 16k, 3 repeats")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_prefill: no CUDA device", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.seqlens, args.repeats = [8192, 16384], 3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = []
+    dtype, block = torch.bfloat16, 64
+    for D in args.head_dims:
+        for S in args.seqlens:
+            H, Hkv = args.heads, args.kv_heads
+            q = torch.randn(1, S, H, D, dtype=dtype, device="cuda")
+            k = torch.randn(1, S, Hkv, D, dtype=dtype, device="cuda")
+            v = torch.randn(1, S, Hkv, D, dtype=dtype, device="cuda")
+            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+            def dense():
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True,
+                                                                            enable_gqa=True)
+
+            try:
+                dense_ms = statistics.median(cuda_time_ms(dense, 2, args.repeats))
+            except RuntimeError as e:  # e.g. no flash kernel for this GQA layout in this torch
+                print(f"dense SDPA (flash) failed at S={S}: {e}", file=sys.stderr)
+                dense_ms = float("nan")
+            dense_flops = 4 * S * S / 2 * H * D  # causal: half of QK^T and PV
+            nb = math.ceil(S / block)
+            cases = [("block_sparse", d) for d in args.densities] + [("streaming", None)]
+            for op, density in cases:
+                if op == "block_sparse":
+                    bmap = random_causal_blocks(H, nb, density, seed=S)
+                    mask = BlockSparseMask.from_dense(bmap.cuda(), block)
+                    frac = bmap.sum().item() / (H * nb * (nb + 1) / 2)
+                    ours = lambda: sparse_attn.block_sparse_attention(q, k, v, mask, validate=False)  # noqa: E731
+                    flex = None if args.no_flex else flex_runner(q, k, v, bmap, block)
+                else:
+                    frac = streaming_fraction(S, 128, 4096)
+                    ours = lambda: sparse_attn.streaming_attention(q, k, v, sink_tokens=128, window_tokens=4096)  # noqa: E731
+                    flex = None
+                ours_ms = statistics.median(cuda_time_ms(ours, 2, args.repeats))
+                flex_ms = statistics.median(cuda_time_ms(flex, 2, args.repeats)) if flex else float("nan")
+                row = dict(op=op, seqlen=S, head_dim=D, heads=H, kv_heads=Hkv, density=round(frac, 4),
+                           ours_ms=ours_ms, dense_ms=dense_ms, flex_ms=flex_ms,
+                           tflops_dense_equiv=dense_flops / ours_ms / 1e9,
+                           tflops_actual=dense_flops * frac / ours_ms / 1e9,
+                           ratio_vs_density_x_dense=ours_ms / (frac * dense_ms))
+                rows.append(row)
+                print(json.dumps(row))
+            del q, k, v
+            torch.cuda.empty_cache()
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype=str(dtype), block=block,
+                date=datetime.datetime.now().isoformat(timespec="seconds"), repeats=args.repeats)
+    out = args.out or Path(__file__).resolve().parent / "results" / \
+        f"gpu_prefill_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    if out.suffix != ".json":
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / "gpu_prefill.json"
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

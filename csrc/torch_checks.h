@@ -1,0 +1,27 @@
+// Torch-side argument checks shared by the CPU ops (bindings.cpp, where they are defined)
+// and the CUDA ops (bindings_cuda_prefill.cpp): one set of checks and messages per op.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "sparse_attn/params.h"
+
+namespace sparse_attn {
+
+// Checks q/k/v/out (shapes, dtypes, devices, layout, overlap, head_dim, scale) and fills
+// the shared parameters; lse is [B, Hq, Sq] float32 (new_lse).
+AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                            const at::Tensor& lse, double scale, bool causal);
+at::Tensor new_lse(const at::Tensor& q);
+
+// Checks and fills the block-sparse mask; with `validate`, checks every listed id (range,
+// order, full blocks under the causal mask). Device lists are validated from a host copy.
+BlockSparseParams make_block_sparse_params(const AttentionParams& p, const at::Tensor& q, const at::Tensor& counts,
+                                           const at::Tensor& indices, const std::optional<at::Tensor>& full_counts,
+                                           const std::optional<at::Tensor>& full_indices, int64_t block_q,
+                                           int64_t block_k, bool causal, bool validate);
+
+StreamingParams make_streaming_params(const AttentionParams& p, int64_t sink_tokens, int64_t window_tokens);
+
+}  // namespace sparse_attn

@@ -1,0 +1,185 @@
+"""The CUDA prefill engine (csrc/cuda/prefill): block-sparse and streaming attention on a GPU,
+against the float64 reference (flash-attention's 2x rule) and against the CPU engine.
+Skipped without a CUDA device. Covers what the kernel supports: bfloat16/float16,
+head_dim 64/128, block sizes that are multiples of 64."""
+import math
+
+import pytest
+import torch
+
+import sparse_attn
+from sparse_attn import _C
+from sparse_attn import reference as ref
+from sparse_attn.masks import BlockSparseMask
+
+from conftest import CUDA_OK, assert_close_2x, assert_lse_close, poisoned_like, qkv, same_precision_attention
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not (CUDA_OK and _C.cuda_compiled), reason="no CUDA device (or the CUDA engine not built)"),
+]
+
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+def block_map(B, H, MB, NB, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((B, H, MB, NB), generator=g) < density
+
+
+def opt_cpu(t):
+    return None if t is None else t.cpu()
+
+
+def check_block_sparse(q, k, v, mask, causal, dtype, what):
+    """CUDA output vs the float64 reference (2x rule) and vs the CPU engine; returns (out, lse)."""
+    Sq, Sk = q.shape[1], k.shape[1]
+    out = poisoned_like(q)
+    res, lse = sparse_attn.block_sparse_attention(q, k, v, mask, causal=causal, return_lse=True, out=out)
+    torch.cuda.synchronize()
+    assert res is out and out.is_cuda and lse.is_cuda
+    lists = dict(full_counts=opt_cpu(mask.full_counts), full_indices=opt_cpu(mask.full_indices))
+    out_ref, lse_ref = ref.block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), mask.counts.cpu(), mask.indices.cpu(),
+                                                  mask.block_size, causal=causal, return_lse=True, **lists)
+    dense = ref.block_sparse_dense_mask(mask.counts.cpu(), mask.indices.cpu(), mask.block_size, Sq, Sk,
+                                        causal=causal, **lists)
+    out_pt = same_precision_attention(q.cpu(), k.cpu(), v.cpu(), dense)
+    assert_close_2x(out.cpu(), out_ref, out_pt, dtype, what)
+    assert_lse_close(lse.cpu(), lse_ref, what)
+    cpu_mask = BlockSparseMask(mask.counts.cpu(), mask.indices.cpu(), mask.block_size,
+                               full_counts=lists["full_counts"], full_indices=lists["full_indices"])
+    out_cpu = sparse_attn.block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), cpu_mask, causal=causal)
+    assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D,bq,bk", [
+    (2, 256, 256, 4, 2, 64, 64, 64),     # GQA, batch 2
+    (1, 200, 300, 4, 1, 128, 64, 128),   # Sq < Sk (bottom-right), ragged, MQA
+    (2, 130, 130, 2, 2, 64, 128, 128),   # ragged, last blocks nearly empty
+    (1, 384, 384, 8, 2, 128, 128, 64),   # bq > bk: two 64-row tiles per mask row
+    (1, 300, 200, 2, 1, 64, 64, 64),     # Sq > Sk: the first rows see no key when causal
+    (1, 1000, 1100, 2, 2, 128, 64, 192), # many chunks per row: the 2-stage pipeline
+])
+@pytest.mark.parametrize("causal", [True, False])
+def test_random_masks(dtype, B, Sq, Sk, Hq, Hkv, D, bq, bk, causal):
+    q, k, v = qkv(B, Sq, Sk, Hq, Hkv, D, dtype, "cuda", seed=Sq + D)
+    MB, NB = math.ceil(Sq / bq), math.ceil(Sk / bk)
+    bmap = block_map(B, Hq, MB, NB, 0.5, seed=7)
+    bmap[:, :, 1] = False  # an empty row: zeros and lse -inf
+    mask = BlockSparseMask.from_dense(bmap.cuda(), (bq, bk))
+    out, lse = check_block_sparse(q, k, v, mask, causal, dtype, f"{dtype} {Sq}x{Sk} D={D} causal={causal}")
+    assert (out[:, bq:min(2 * bq, Sq)] == 0).all()
+    assert torch.isinf(lse[:, :, bq:min(2 * bq, Sq)]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [64, 128])
+def test_all_blocks_equal_dense_sdpa(dtype, D):
+    B, S, Hq, Hkv = 2, 320, 4, 2
+    q, k, v = qkv(B, S, S, Hq, Hkv, D, dtype, "cuda", seed=3)
+    nb = math.ceil(S / 64)
+    mask = BlockSparseMask.from_dense(torch.ones(1, 1, nb, nb, dtype=torch.bool, device="cuda"), 64)
+    out = sparse_attn.block_sparse_attention(q, k, v, mask)
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    want = torch.nn.functional.scaled_dot_product_attention(t(q.double()), t(k.double()), t(v.double()),
+                                                            is_causal=True, enable_gqa=True)
+    out_pt = torch.nn.functional.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True, enable_gqa=True)
+    assert_close_2x(out.cpu(), t(want).cpu(), t(out_pt).cpu(), dtype, "all blocks vs dense SDPA")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_full_lists_broadcast_and_strided_inputs(dtype):
+    B, S, Hq, Hkv, D, bs = 2, 448, 4, 2, 64, 64
+    q, k, v = qkv(B, S, S, Hq, Hkv, D, dtype, "cuda", seed=11, layout="bhsd")  # HF layout, strided
+    nb = math.ceil(S / bs)
+    bmap = block_map(1, Hq, nb, nb, 0.4, seed=5)
+    causal_blocks = torch.ones(nb, nb, dtype=torch.bool).tril(-1)
+    full = bmap & causal_blocks  # strictly below the diagonal: no element mask needed
+    partial = bmap & ~full
+    m = BlockSparseMask.from_dense(partial.cuda(), bs)
+    f = BlockSparseMask.from_dense(full.cuda(), bs)
+    mask = BlockSparseMask(m.counts, m.indices, bs, full_counts=f.counts, full_indices=f.indices)
+    check_block_sparse(q, k, v, mask, True, dtype, "full lists, broadcast batch, [B,H,S,D] views")
+
+
+def test_misaligned_views_are_copied_not_misread():
+    # A view that starts 1 element into its storage cannot be read with 16-byte loads: the
+    # glue copies it first. The result must not change.
+    B, S, H, D = 1, 192, 2, 64
+    q, k, v = qkv(B, S, S, H, H, D, torch.bfloat16, "cuda", seed=2)
+    qo = torch.empty(q.numel() + 8, dtype=q.dtype, device="cuda")[1:1 + q.numel()].view(q.shape)
+    qo.copy_(q)
+    nb = S // 64
+    mask = BlockSparseMask.from_dense(block_map(1, 1, nb, nb, 0.7, seed=1).cuda(), 64)
+    a = sparse_attn.block_sparse_attention(q, k, v, mask)
+    b = sparse_attn.block_sparse_attention(qo, k, v, mask)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Sq,Sk,Hq,Hkv,D,sink,window", [
+    (512, 512, 4, 2, 64, 64, 128),
+    (300, 700, 2, 1, 128, 4, 100),    # ragged, Sq < Sk, a window edge inside chunks
+    (257, 257, 2, 2, 64, 0, 64),      # no sink
+    (200, 200, 2, 1, 128, 1000, 0),   # no window: sink only (more than the sequence)
+    (130, 130, 2, 2, 64, 0, 0),       # nothing visible: zeros and lse -inf
+    (640, 640, 2, 1, 64, 100, 300),   # sink and window far apart: two spans
+])
+def test_streaming(dtype, Sq, Sk, Hq, Hkv, D, sink, window):
+    q, k, v = qkv(1, Sq, Sk, Hq, Hkv, D, dtype, "cuda", seed=Sq + sink)
+    out = poisoned_like(q)
+    _, lse = sparse_attn.streaming_attention(q, k, v, sink_tokens=sink, window_tokens=window, return_lse=True,
+                                             out=out)
+    torch.cuda.synchronize()
+    out_ref, lse_ref = ref.streaming_attention(q.cpu(), k.cpu(), v.cpu(), sink_tokens=sink, window_tokens=window,
+                                               return_lse=True)
+    dense = ref.streaming_dense_mask(Sq, Sk, sink, window)
+    out_pt = same_precision_attention(q.cpu(), k.cpu(), v.cpu(), dense)
+    what = f"streaming {Sq}x{Sk} sink={sink} window={window}"
+    assert_close_2x(out.cpu(), out_ref, out_pt, dtype, what)
+    assert_lse_close(lse.cpu(), lse_ref, what)
+    out_cpu = sparse_attn.streaming_attention(q.cpu(), k.cpu(), v.cpu(), sink_tokens=sink, window_tokens=window)
+    assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
+
+
+def test_unsupported_cases_raise_clearly():
+    q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.float32, "cuda")
+    with pytest.raises(ValueError, match="bfloat16 and float16"):
+        sparse_attn.streaming_attention(q, k, v, sink_tokens=4, window_tokens=64)
+    q, k, v = qkv(1, 128, 128, 2, 2, 80, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        sparse_attn.streaming_attention(q, k, v, sink_tokens=4, window_tokens=64)
+    q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.bfloat16, "cuda")
+    mask = BlockSparseMask.from_dense(torch.ones(1, 1, 4, 2, dtype=torch.bool, device="cuda"), (32, 64))
+    with pytest.raises(ValueError, match="multiples of 64"):
+        sparse_attn.block_sparse_attention(q, k, v, mask)
+
+
+def test_validation_reads_device_lists():
+    q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.bfloat16, "cuda")
+    counts = torch.tensor([[[1, 1]]], dtype=torch.int32, device="cuda")
+    indices = torch.tensor([[[[0], [7]]]], dtype=torch.int32, device="cuda")  # block 7 does not exist
+    mask = BlockSparseMask(counts, indices, 64)
+    with pytest.raises(ValueError, match="out of range"):
+        sparse_attn.block_sparse_attention(q, k, v, mask)
+
+
+def test_current_stream_is_used():
+    q, k, v = qkv(1, 1024, 1024, 4, 2, 128, torch.bfloat16, "cuda", seed=9)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = sparse_attn.streaming_attention(q, k, v, sink_tokens=64, window_tokens=256)
+    s.synchronize()
+    want = sparse_attn.streaming_attention(q, k, v, sink_tokens=64, window_tokens=256)
+    assert torch.equal(out, want)
+
+
+def test_smoke_small_case_for_sanitizers():
+    """The small case gpu_check.sh runs under compute-sanitizer (memcheck, racecheck)."""
+    q, k, v = qkv(1, 130, 200, 2, 1, 64, torch.bfloat16, "cuda", seed=4)
+    mask = BlockSparseMask.from_dense(block_map(1, 2, 3, 4, 0.6, seed=3).cuda(), 64)
+    check_block_sparse(q, k, v, mask, True, torch.bfloat16, "sanitizer case")
+    sparse_attn.streaming_attention(q, k, v, sink_tokens=10, window_tokens=70)
+    torch.cuda.synchronize()
