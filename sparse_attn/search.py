@@ -3,10 +3,11 @@
 For each layer and query head the search evaluates candidate patterns on a calibration input
 and keeps the cheapest one whose *attention recall* reaches a target (default 0.95), else
 dense. The recall of a pattern is the share of the true (dense, causal) softmax mass its mask
-keeps, averaged over query rows; its *cost* is the fraction of the dense causal (query, key)
-pairs it computes. Both are computed one query block at a time (``[block, Sk]`` float32
-scores per head), so memory stays bounded however long the sequence: the N x N matrix is
-never built.
+keeps, averaged over query rows; its *cost* is the share of the dense causal work its kernel
+computes (:func:`computed_fraction`, counted in key blocks and gathered columns, so a
+pattern that touches many blocks sparsely costs what the kernel pays). Recall is computed
+one query block at a time (``[block, Sk]`` float32 scores per head), so memory stays bounded
+however long the sequence: the N x N matrix is never built.
 
 Candidates (tuples; each is evaluated for every query head at once):
 
@@ -39,7 +40,7 @@ from .masks import BlockSparseMask, estimate_block_sparse
 from .vertical_slash_estimator import estimate_vertical_slash
 
 __all__ = ["Pattern", "attention_recall", "evaluate_candidates", "default_patterns", "search_layer", "search_model",
-           "pick_pattern"]
+           "pick_pattern", "computed_fraction"]
 
 KINDS = ("dense", "streaming", "vertical_slash", "block_sparse")
 
@@ -234,6 +235,42 @@ def evaluate_candidates(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, 
     return recall / Sq, pairs / causal_pairs
 
 
+def computed_fraction(cand, seqlen_q: int, seqlen_k: int, heads: int, block: int = 64) -> torch.Tensor:
+    """Share of the dense causal work a candidate's kernel computes, ``float64 [B|1, heads]``:
+    what the search calls cost ("the FLOPs it computes"). Counted in the kernels' units: a
+    key block of a query block is ``block x block`` products however few of its pairs the
+    element mask keeps, a gathered column ``block``; dense causal is the causal key blocks of
+    every query block (1.0). Streaming: per query block, its sink keys plus the key range from
+    the first row's window start to the last row.
+    """
+    bq = block
+    mb = -(-seqlen_q // bq)
+    m = torch.arange(mb)
+    first = m * bq + (seqlen_k - seqlen_q)  # key position of each block's first and last row
+    last = torch.clamp(m * bq + bq - 1, max=seqlen_q - 1) + (seqlen_k - seqlen_q)
+    rows = torch.clamp(torch.full_like(m, seqlen_q) - m * bq, max=bq)
+    dense_blocks = ((last.clamp(min=-1) + 1 + bq - 1) // bq).clamp(max=-(-seqlen_k // bq))
+    dense = float((dense_blocks * bq * bq).sum())
+    kind = cand[0]
+    if kind == "dense":
+        return torch.ones(1, heads, dtype=torch.float64)
+    if kind == "streaming":
+        sink, window = int(cand[1]), int(cand[2])
+        start = (first - window + 1).clamp(min=0)
+        keys = (last - start + 1).clamp(min=0) + torch.minimum(torch.full_like(start, sink), start)
+        return torch.full((1, heads), float((keys * rows).sum()) / dense, dtype=torch.float64)
+    if kind == "block_sparse":
+        mask = cand[1]
+        mbq, mbk = mask.block_size
+        blocks = mask.to_dense(-(-seqlen_k // mbk)).sum((-1, -2)).double()  # [B|1, H|1]
+        return (blocks * mbq * mbk / dense).expand(blocks.shape[0], heads)
+    from .vertical_slash import vertical_slash_index
+
+    bc, _, cc, _ = vertical_slash_index(cand[1], cand[2], seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_size=bq)
+    work = (bc.double() * bq * bq + cc.double() * rows.double()).sum(-1)  # [B, H|1]
+    return (work / dense).expand(work.shape[0], heads)
+
+
 def attention_recall(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, block: int = 128,
                      scale: Optional[float] = None) -> torch.Tensor:
     """Recall of each candidate for each (batch, query head): ``float64 [len(candidates), B, Hq]``.
@@ -262,8 +299,9 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, *, target_recall: float = 0.9
     if Pattern("dense") not in pats:
         pats.append(Pattern("dense"))
     cands = [p.candidate(q, k) for p in pats]
-    recall, cost = evaluate_candidates(q, k, cands, block=block, scale=scale)
-    recall, cost = recall.mean(1), cost.mean(1)  # [C, Hq]
+    recall, _ = evaluate_candidates(q, k, cands, block=block, scale=scale)
+    cost = torch.stack([computed_fraction(c, q.shape[1], k.shape[1], q.shape[2]).mean(0) for c in cands])
+    recall = recall.mean(1)  # [C, Hq]
     picks = []
     for h in range(q.shape[2]):
         table = [[round(float(recall[c, h]), 5), round(float(cost[c, h]), 5)] for c in range(len(pats))]
@@ -331,7 +369,7 @@ def search_model(model, input_ids: torch.Tensor, *, target_recall: float = 0.95,
                           "num_kv_heads": Hkv, "head_dim": D}, layers,
                          calibration={"text": calibration, "tokens": int(input_ids.shape[1])},
                          search={"target_recall": target_recall, "candidates": [p.to_json() for p in pats],
-                                 "cost": "fraction of dense causal (query, key) pairs computed",
+                                 "cost": "share of the dense causal work the kernel computes (computed_fraction)",
                                  "seconds": round(time.time() - t0, 1)})
 
 

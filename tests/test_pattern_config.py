@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sparse_attn.pattern_config import SCHEMA, PatternConfig, shipped_configs
-from sparse_attn.search import Pattern, default_patterns, evaluate_candidates, pick_pattern, search_layer
+from sparse_attn.search import (Pattern, computed_fraction, default_patterns, evaluate_candidates, pick_pattern,
+                                 search_layer)
 
 from conftest import qkv
 
@@ -83,15 +84,17 @@ def test_search_layer_picks_cheapest_that_reaches_target():
     pats = [Pattern("streaming", {"sink_tokens": 16, "window_tokens": w}) for w in (32, 128)]
     pats += [Pattern("vertical_slash", {"n_vertical": 32, "n_slash": 64}),
              Pattern("block_sparse", {"density": 0.5, "block_size": 64}), Pattern("dense")]
-    recall, cost = evaluate_candidates(q, k, [p.candidate(q, k) for p in pats])
+    cands = [p.candidate(q, k) for p in pats]
+    recall, _ = evaluate_candidates(q, k, cands)
+    cost = torch.stack([computed_fraction(c, 384, 384, 4)[0] for c in cands])  # [C, Hq], what the kernel computes
     for target in (0.3, 0.6, 0.9, 1.0):
         picks = search_layer(q, k, target_recall=target, patterns=pats, keep_table=True)
         for h, pick in enumerate(picks):
             ok = [c for c in range(len(pats)) if recall[c, 0, h] >= target]
             chosen = pats.index(Pattern(pick["pattern"], pick["params"]))
             assert chosen in ok or pick["pattern"] == "dense"
-            assert all(cost[chosen, 0, h] <= cost[c, 0, h] for c in ok)
-            assert pick["table"][chosen] == [round(float(recall[chosen, 0, h]), 5), round(float(cost[chosen, 0, h]), 5)]
+            assert all(cost[chosen, h] <= cost[c, h] for c in ok)
+            assert pick["table"][chosen] == [round(float(recall[chosen, 0, h]), 5), round(float(cost[chosen, h]), 5)]
     assert all(p["pattern"] == "dense" for p in search_layer(q, k, target_recall=1.0, patterns=pats[:4]))
     with pytest.raises(ValueError, match="target_recall"):
         search_layer(q, k, target_recall=0)

@@ -60,3 +60,27 @@ def test_recall_errors():
     q, k, _ = qkv(1, 64, 64, 2, 1, 16, torch.float32)
     with pytest.raises(ValueError, match="unknown candidate"):
         attention_recall(q, k, [("magic",)])
+
+
+def test_computed_fraction_counts_kernel_work():
+    from sparse_attn.search import computed_fraction
+
+    S, H = 256, 3
+    dense_work = (1 + 2 + 3 + 4) * 64 * 64  # causal key blocks of the 4 query blocks
+    full = BlockSparseMask.from_dense(torch.tril(torch.ones(4, 4, dtype=torch.bool))[None, None], 64)
+    every = torch.arange(S, dtype=torch.int32)[None, None]
+    for cand in [("dense",), ("block_sparse", full), ("streaming", 0, S), ("vertical_slash", every[..., :1], every)]:
+        torch.testing.assert_close(computed_fraction(cand, S, S, H), torch.ones(1, H, dtype=torch.float64))
+    # main diagonal only: one key block per query block; column 0 is a gathered column
+    # (64 rows) except in query block 0, where the diagonal block already holds it
+    vs = ("vertical_slash", torch.zeros(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, dtype=torch.int32))
+    want = (4 * 64 * 64 + 3 * 64) / dense_work
+    assert computed_fraction(vs, S, S, H).tolist() == [[want] * H]
+    # sink 16 + window 64: per query block its sink keys below the window plus the range from
+    # the first row's window start to the last row: 64, 1 + 127, 16 + 127, 16 + 127 keys
+    want = (64 + 128 + 143 + 143) * 64 / dense_work
+    assert computed_fraction(("streaming", 16, 64), S, S, H).tolist() == [[want] * H]
+    half = BlockSparseMask.from_dense(torch.eye(4, dtype=torch.bool)[None, None].expand(2, H, 4, 4), 64)
+    assert computed_fraction(("block_sparse", half), S, S, H).shape == (2, H)
+    torch.testing.assert_close(computed_fraction(("block_sparse", half), S, S, H),
+                               torch.full((2, H), 4 * 64 * 64 / dense_work, dtype=torch.float64))
