@@ -96,10 +96,6 @@ __device__ __forceinline__ void store8(T* p, const float* f) {
   *reinterpret_cast<uint4*>(p) = x;
 }
 
-// Column of element e of lane l8's share of a row.
-template <class Tr>
-__device__ __forceinline__ int lane_col(int l8, int e) { return (l8 + 8 * (e / 8)) * 8 + e % 8; }
-
 // The per-head state a warp keeps for one of its heads.
 template <class Tr>
 struct HeadState {
@@ -115,7 +111,7 @@ __device__ __forceinline__ void publish(const DecodeArgs& a, const HeadState<Tr>
   float* dst = a.plan.ws_acc + idx * Tr::kHeadDim;
   #pragma unroll
   for (int v = 0; v < Tr::kLaneVecs; ++v) {
-    float4* d4 = reinterpret_cast<float4*>(dst + lane_col<Tr>(lane, 8 * v));
+    float4* d4 = reinterpret_cast<float4*>(dst + lane_column(lane, 8 * v));
     const float* s = hs.acc + 8 * v;
     d4[0] = make_float4(s[0], s[1], s[2], s[3]);
     d4[1] = make_float4(s[4], s[5], s[6], s[7]);
@@ -136,7 +132,7 @@ __device__ __forceinline__ void merge_partial(const DecodeArgs& a, HeadState<Tr>
   const float* src = a.plan.ws_acc + idx * Tr::kHeadDim;
   #pragma unroll
   for (int v = 0; v < Tr::kLaneVecs; ++v) {
-    const float4* s4 = reinterpret_cast<const float4*>(src + lane_col<Tr>(lane, 8 * v));
+    const float4* s4 = reinterpret_cast<const float4*>(src + lane_column(lane, 8 * v));
     const float4 x = __ldcg(s4), y = __ldcg(s4 + 1);
     const float o[8] = {x.x, x.y, x.z, x.w, y.x, y.y, y.z, y.w};
     #pragma unroll
@@ -156,7 +152,7 @@ __device__ __forceinline__ void finish(const DecodeArgs& a, const HeadState<Tr>&
     float f[8];
     #pragma unroll
     for (int e = 0; e < 8; ++e) f[e] = hs.acc[8 * v + e] * inv;
-    store8(o + lane_col<Tr>(lane, 8 * v), f);
+    store8(o + lane_column(lane, 8 * v), f);
   }
   if (lane == 0) a.io.lse[b * a.io.heads_q + qh] = hs.st.lse();
 }
@@ -191,7 +187,7 @@ __device__ void run_segment(const DecodeArgs& a, const StreamKSegment& seg, int6
     if (h < G) {
       const T* q = static_cast<const T*>(a.io.q) + b * a.io.q_stride[0] + (g * G + h) * a.io.q_stride[1];
       #pragma unroll
-      for (int v = 0; v < Tr::kLaneVecs; ++v) load8(q + lane_col<Tr>(l8, 8 * v), hs[hi].q + 8 * v);
+      for (int v = 0; v < Tr::kLaneVecs; ++v) load8(q + lane_column(l8, 8 * v), hs[hi].q + 8 * v);
       #pragma unroll
       for (int e = 0; e < Tr::kLaneElems; ++e) hs[hi].q[e] *= a.io.scale;
     }
@@ -249,7 +245,7 @@ __device__ void run_segment(const DecodeArgs& a, const StreamKSegment& seg, int6
         #pragma unroll
         for (int v = 0; v < Tr::kLaneVecs; ++v) {
           float k8[8];
-          load8(sk + row * kD + lane_col<Tr>(l8, 8 * v), k8);
+          load8(sk + row * kD + lane_column(l8, 8 * v), k8);
           #pragma unroll
           for (int e = 0; e < 8; ++e) dot = fmaf(H.q[8 * v + e], k8[e], dot);
         }
@@ -281,7 +277,7 @@ __device__ void run_segment(const DecodeArgs& a, const StreamKSegment& seg, int6
         #pragma unroll
         for (int v = 0; v < Tr::kLaneVecs; ++v) {
           float v8[8];
-          load8(sv + row * kD + lane_col<Tr>(l8, 8 * v), v8);
+          load8(sv + row * kD + lane_column(l8, 8 * v), v8);
           #pragma unroll
           for (int e = 0; e < 8; ++e) H.acc[8 * v + e] = fmaf(s[i], v8[e], H.acc[8 * v + e]);
         }

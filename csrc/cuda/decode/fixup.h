@@ -64,4 +64,9 @@ SA_HOST_DEVICE SegmentRow segment_row(int64_t j0, int64_t page_size, int64_t u) 
   return {j0 + u / page_size, u % page_size};
 }
 
+// Compute-side partition of a chunk row: lane l8 (of the 8 lanes a row is split over) holds
+// elements e < D / 8 of the row at these columns, i.e. the 16-byte vectors l8 + 8 v: each
+// quarter-warp reads 128 contiguous bytes of shared memory.
+SA_HOST_DEVICE int lane_column(int l8, int e) { return (l8 + 8 * (e / 8)) * 8 + e % 8; }
+
 }  // namespace sparse_attn::cuda::decode
