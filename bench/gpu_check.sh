@@ -17,8 +17,12 @@
 #   host_checks  csrc/cuda/host_checks/run.sh (CuTe layout checks on the CPU)
 #   pytest_cuda  python -m pytest -q -m cuda tests/
 #   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke (the
-#                smoke kernel and test_cuda_prefill.py::test_smoke_small_case_for_sanitizers)
+#                smoke kernel, test_cuda_prefill.py::test_smoke_small_case_for_sanitizers and
+#                test_cuda_decode.py::test_smoke_decode_for_sanitizers: the decode fix-up)
 #   racecheck    compute-sanitizer --tool racecheck on the same
+#   synccheck    compute-sanitizer --tool synccheck on the decode smoke test (its barriers)
+#   decode_separate  pytest -m cuda tests/test_cuda_decode.py with SPARSE_ATTN_DECODE_MERGE=separate
+#                (the fallback merge kernel on every decode test)
 #   gpu_prefill  bench/gpu_prefill.py: CUDA prefill vs SDPA flash / flex_attention (GPU_BENCH_ARGS,
 #                e.g. --quick)
 #   bench        python -m sparse_attn.benchmark --quick (the CPU suite)
@@ -171,6 +175,19 @@ else
       *) record "$tool" FAIL "exit $rc, see sanitizer_$tool.log" ;;
     esac
   done
+fi
+
+# ---------------------------------------------------------------- decode: fallback merge, synccheck
+run_step decode_separate decode_separate.log env SPARSE_ATTN_DECODE_MERGE=separate \
+  "$PY" -m pytest -q -m cuda tests/test_cuda_decode.py
+rc=$?; record decode_separate "$(pytest_status $rc)" "exit $rc"
+if [[ -n "$SANITIZER" ]]; then
+  run_step synccheck sanitizer_synccheck.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    "$SANITIZER" --tool synccheck --error-exitcode 99 "$PY" -m pytest -q -m cuda -x tests/test_cuda_decode.py -k smoke
+  rc=$?
+  case $rc in 0) record synccheck PASS ;; *) record synccheck FAIL "exit $rc, see sanitizer_synccheck.log" ;; esac
+else
+  record synccheck SKIP "compute-sanitizer not found"
 fi
 
 # ---------------------------------------------------------------- CUDA prefill benchmark

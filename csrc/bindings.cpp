@@ -446,6 +446,8 @@ std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, co
   return {pages, counts};
 }
 
+}  // namespace
+
 // Checks a stream-K plan against the cache and the selection it is run with: the tiles of
 // every output and the partial slots must be what the plan was built for, so that no
 // worker writes outside the workspace (a plan goes stale when sequences grow).
@@ -490,18 +492,10 @@ StreamKPlan make_stream_k_plan(const PagedKVParams& p, const PageSelection* sel,
   return plan;
 }
 
-struct StreamKArgs {
-  const at::Tensor* offsets;
-  const at::Tensor* slot_base;
-  int64_t workers, tile_pages;
-  at::Tensor* ws_state;
-  at::Tensor* ws_acc;
-};
-
-at::Tensor paged_decode_impl(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-                             const at::Tensor& page_table, const at::Tensor& seqlens,
-                             const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
-                             at::Tensor& out, double scale, const StreamKArgs* sk) {
+PagedDecodeInputs make_paged_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                    const at::Tensor& page_table, const at::Tensor& seqlens,
+                                    const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                    const at::Tensor& out, const at::Tensor& lse, double scale) {
   check_pages_tensor(k_pages, "k_pages");
   check_pages_tensor(v_pages, "v_pages");
   const int64_t Hkv = k_pages.size(2), D = k_pages.size(3);
@@ -535,12 +529,35 @@ at::Tensor paged_decode_impl(const at::Tensor& q, const at::Tensor& k_pages, con
     const std::string err = validate_selection(p, sel);
     TORCH_CHECK_VALUE(err.empty(), err);
   }
-  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   PagedDecodeIO io;
   io.q = q.data_ptr(), io.out = out.data_ptr(), io.lse = lse.data_ptr<float>(), io.heads_q = q.size(1);
   io.q_stride[0] = q.stride(0), io.q_stride[1] = q.stride(1);
   io.o_stride[0] = out.stride(0), io.o_stride[1] = out.stride(1);
   io.scale = static_cast<float>(scale), io.dtype = to_dtype(q, "q");
+  return {p, sel, pages.has_value(), io};
+}
+
+namespace {
+
+struct StreamKArgs {
+  const at::Tensor* offsets;
+  const at::Tensor* slot_base;
+  int64_t workers, tile_pages;
+  at::Tensor* ws_state;
+  at::Tensor* ws_acc;
+};
+
+at::Tensor paged_decode_impl(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                             const at::Tensor& page_table, const at::Tensor& seqlens,
+                             const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                             at::Tensor& out, double scale, const StreamKArgs* sk) {
+  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  const PagedDecodeInputs in = make_paged_decode(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, lse,
+                                                 scale);
+  const PagedKVParams& p = in.p;
+  const PageSelection& sel = in.sel;
+  const PagedDecodeIO& io = in.io;
+  const int64_t Hkv = p.heads_kv;
   if (sk != nullptr) {
     const StreamKPlan plan = make_stream_k_plan(p, pages ? &sel : nullptr, q.size(1) / Hkv, *sk->offsets,
                                                 *sk->slot_base, sk->workers, sk->tile_pages, *sk->ws_state, *sk->ws_acc);
@@ -570,6 +587,12 @@ at::Tensor paged_decode_stream_k_cpu(const at::Tensor& q, const at::Tensor& k_pa
 
 }  // namespace
 }  // namespace sparse_attn
+
+#ifdef SA_WITH_CUDA
+namespace sparse_attn {
+int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q);  // bindings_cuda_decode.cpp
+}
+#endif
 
 TORCH_LIBRARY(sparse_attn, m) {
   m.def(
@@ -662,6 +685,9 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");
 #ifdef SA_WITH_CUDA
+  mod.def("cuda_decode_max_workers", &sparse_attn::cuda_decode_max_workers, pybind11::arg("k_pages"),
+          pybind11::arg("heads_q"),
+          "CUDA paged decode: CTAs resident at once on k_pages' device (the default plan_decode workers)");
   mod.attr("cuda_compiled") = true;
   mod.attr("cuda_archs") = SA_CUDA_ARCHS;
   mod.attr("cutlass_version") = SA_CUTLASS_VERSION;

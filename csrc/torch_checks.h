@@ -1,10 +1,11 @@
 // Torch-side argument checks shared by the CPU ops (bindings.cpp, where they are defined)
-// and the CUDA ops (bindings_cuda_prefill.cpp): one set of checks and messages per op.
+// and the CUDA ops (bindings_cuda_prefill.cpp, bindings_cuda_decode.cpp): one set of checks and messages per op.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <optional>
 
+#include "sparse_attn/paged.h"
 #include "sparse_attn/params.h"
 
 namespace sparse_attn {
@@ -23,5 +24,25 @@ BlockSparseParams make_block_sparse_params(const AttentionParams& p, const at::T
                                            int64_t block_k, bool causal, bool validate);
 
 StreamingParams make_streaming_params(const AttentionParams& p, int64_t sink_tokens, int64_t window_tokens);
+
+// Paged decode (paged_decode_attention / paged_decode_stream_k): checks the tensors and fills
+// the shared parameters. page_table, seqlens, pages and counts are read here (validated):
+// the CUDA ops pass host copies and then swap in the device pointers (same strides).
+struct PagedDecodeInputs {
+  PagedKVParams p;
+  PageSelection sel;
+  bool selected;
+  PagedDecodeIO io;
+};
+PagedDecodeInputs make_paged_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                    const at::Tensor& page_table, const at::Tensor& seqlens,
+                                    const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                    const at::Tensor& out, const at::Tensor& lse, double scale);
+
+// Checks a stream-K plan (host offsets / slot_base) against the cache and the selection and
+// the workspace sizes; G = query heads per KV head.
+StreamKPlan make_stream_k_plan(const PagedKVParams& p, const PageSelection* sel, int64_t G, const at::Tensor& offsets,
+                               const at::Tensor& slot_base, int64_t workers, int64_t tile_pages, at::Tensor& ws_state,
+                               at::Tensor& ws_acc);
 
 }  // namespace sparse_attn

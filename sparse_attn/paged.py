@@ -273,7 +273,8 @@ def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tens
     of :func:`select_pages`) for ``heads_q`` query heads; run it with
     ``paged_decode_attention(q, cache, pages=..., counts=..., plan=plan)``.
 
-    ``num_workers`` defaults to ``torch.get_num_threads()``; a tile is ``tile_tokens`` tokens
+    ``num_workers`` defaults to ``torch.get_num_threads()`` (on a CUDA cache: the decode
+    kernel's resident CTAs on the device, one CTA per worker); a tile is ``tile_tokens`` tokens
     (default 256, rounded to whole pages). Planning is separate from running so a serving
     loop can reuse a plan while the tile counts stay the same.
 
@@ -293,7 +294,13 @@ def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tens
     _check_int("heads_q", heads_q, 1, op)
     if heads_q % Hkv:
         raise ValueError(f"{op}: heads_q ({heads_q}) must be a multiple of the cache's heads_kv ({Hkv})")
-    workers = torch.get_num_threads() if num_workers is None else _check_int("num_workers", num_workers, 1, op)
+    on_cuda = cache.k_pages.is_cuda
+    if num_workers is not None:
+        workers = _check_int("num_workers", num_workers, 1, op)
+    elif on_cuda:  # one CTA per worker, as many as are resident at once (the in-kernel fix-up needs that)
+        workers = _C.cuda_decode_max_workers(cache.k_pages, heads_q)
+    else:
+        workers = torch.get_num_threads()
     tile_pages = max(1, (256 if tile_tokens is None else _check_int("tile_tokens", tile_tokens, 1, op)) // ps)
     if (pages is None) != (counts is None):
         raise ValueError(f"{op}: pages and counts must be given together")
@@ -312,8 +319,14 @@ def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tens
     slot_base[1:] = torch.tensor(slots, dtype=torch.int64).cumsum(0) if slots else slot_base[1:]
     n = int(slot_base[-1])
     G = heads_q // Hkv
-    return DecodePlan(offsets, slot_base, workers, tile_pages, pages is not None,
-                      torch.empty(n, G, 2, dtype=torch.float32), torch.empty(n, G, D, dtype=torch.float32))
+    dev = cache.k_pages.device
+    # On CUDA, ws_state also holds one int32 flag per slot after the n * G * 2 states (extra
+    # rows, zeroed; each launch leaves them zero). offsets / slot_base stay on the host: the op
+    # checks them there and copies them to the device.
+    extra = -(-n // (2 * G)) if on_cuda else 0
+    ws_state = (torch.zeros if on_cuda else torch.empty)(n + extra, G, 2, dtype=torch.float32, device=dev)
+    return DecodePlan(offsets, slot_base, workers, tile_pages, pages is not None, ws_state,
+                      torch.empty(n, G, D, dtype=torch.float32, device=dev))
 
 
 def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,

@@ -35,19 +35,24 @@ def files() -> dict[Path, str]:
     return {OUT / f"prefill_{d}_hd{hd}.cu": TEMPLATE.format(ctype=DTYPES[d], hd=hd) for d, hd in INSTANCES}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def write_or_check(wanted: dict[Path, str], out: Path, doc: str) -> int:
+    """The command line shared by the instance generators: write the files, or --check them."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    stale = [p for p, text in files().items() if not p.exists() or p.read_text() != text]
+    stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:
             print(f"stale or missing: {p}")
         return 1 if stale else 0
-    for p, text in files().items():
+    for p, text in wanted.items():
         p.write_text(text)
-    print(f"wrote {len(files())} files to {OUT}")
+    print(f"wrote {len(wanted)} files to {out}")
     return 0
+
+
+def main() -> int:
+    return write_or_check(files(), OUT, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+// CUDA dispatch of the paged decode ops (paged_decode_stream_k, paged_decode_attention): the
+// CPU ops' checks (torch_checks.h, on host copies of the small index tensors), then the
+// torch-free launcher (cuda/decode/launch.h) on torch's current stream. Compiled against any
+// torch build, like bindings_cuda_prefill.cpp (c10's generic device interfaces only).
+//
+// Grid: one CTA per plan worker. plan_decode on a CUDA cache defaults the worker count to
+// cuda_decode_max_workers (the resident CTAs of the kernel on the device, from the occupancy
+// query), so every CTA is resident and the in-kernel fix-up cannot deadlock. A plan with more
+// workers, or SPARSE_ATTN_DECODE_MERGE=separate in the environment, runs the fallback: the
+// decode kernel publishes every partial and a second kernel merges them.
+// paged_decode_attention (no plan) builds a stream-K plan on the fly with that worker count
+// and 256-token tiles: one host copy of seqlens / counts per call, which validation needs
+// anyway.
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include "cuda/decode/launch.h"
+#include "sparse_attn/stream_k.h"
+#include "torch_checks.h"
+
+namespace sparse_attn {
+
+// The default worker count of a CUDA plan (pybind: _C.cuda_decode_max_workers).
+int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q) {
+  TORCH_CHECK_VALUE(k_pages.is_cuda() && k_pages.dim() == 4, "cuda_decode_max_workers: k_pages must be a CUDA "
+                    "[num_pages, page_size, heads_kv, head_dim] tensor");
+  const int64_t G = heads_q / k_pages.size(2);
+  const DType dt = k_pages.scalar_type() == at::kHalf ? DType::kFloat16
+                   : k_pages.scalar_type() == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
+  TORCH_CHECK_VALUE(cuda::decode_supported(dt, k_pages.size(3), G),
+                    "paged decode on CUDA supports bfloat16 and float16, head_dim 64 or 128, and up to 16 query heads "
+                    "per KV head; got ", k_pages.scalar_type(), ", head_dim ", k_pages.size(3), ", ", G,
+                    " (use a CPU cache for other cases)");
+  int64_t workers = 0;
+  const cudaError_t err = cuda::decode_max_workers(dt, k_pages.size(3), G, k_pages.get_device(), &workers);
+  TORCH_CHECK(err == cudaSuccess, "occupancy query of ", cuda::decode_kernel_name(dt, k_pages.size(3)), " failed: ",
+              cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  return workers;
+}
+
+namespace {
+
+cudaStream_t decode_stream(const at::Device& device) {
+  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+  return static_cast<cudaStream_t>(impl.getStream(device).native_handle());
+}
+
+bool vec_ok(const at::Tensor& t) {
+  bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % 8 == 0;
+  return ok;
+}
+
+void check_device(const at::Tensor& t, const at::Tensor& q, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == q.device(), "paged decode on CUDA: ", name, " must be on ", q.device(), ", got ",
+                    t.device());
+}
+
+// A device tensor's index data: a contiguous device copy (kept alive here) and its host copy.
+struct Index {
+  at::Tensor dev, host;
+  explicit Index(const at::Tensor& t) : dev(t.contiguous()), host(dev.cpu()) {}
+};
+std::optional<Index> index_of(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<Index>(Index(*t)) : std::nullopt;
+}
+
+struct PlanTensors {
+  at::Tensor offsets, slot_base, ws_state, ws_acc;  // offsets / slot_base on the host
+  int64_t workers, tile_pages;
+};
+
+// Runs the decode over `plan`; returns lse.
+at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                      const at::Tensor& page_table, const at::Tensor& seqlens, const std::optional<at::Tensor>& pages,
+                      const std::optional<at::Tensor>& counts, at::Tensor& out, double scale,
+                      const std::optional<PlanTensors>& given) {
+  TORCH_CHECK_VALUE(q.is_cuda(), "paged decode on CUDA: q must be a CUDA tensor");
+  for (const auto& [t, name] : {std::pair{&k_pages, "k_pages"}, {&v_pages, "v_pages"}, {&page_table, "page_table"},
+                                {&seqlens, "seqlens"}, {&out, "out"}})
+    check_device(*t, q, name);
+  if (pages) check_device(*pages, q, "pages");
+  if (counts) check_device(*counts, q, "counts");
+  const c10::DeviceGuard guard(q.device());
+  const Index pt(page_table), sl(seqlens);
+  const std::optional<Index> pg = index_of(pages), ct = index_of(counts);
+  at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  PagedDecodeInputs in = make_paged_decode(q, k_pages, v_pages, pt.host, sl.host,
+                                           pg ? std::optional<at::Tensor>(pg->host) : std::nullopt,
+                                           ct ? std::optional<at::Tensor>(ct->host) : std::nullopt, out, lse, scale);
+  const int64_t Hkv = in.p.heads_kv, G = q.size(1) / Hkv, D = in.p.head_dim;
+  TORCH_CHECK_VALUE(cuda::decode_supported(in.io.dtype, D, G),
+                    "paged decode on CUDA supports bfloat16 and float16, head_dim 64 or 128, and up to 16 query heads "
+                    "per KV head; got ", q.scalar_type(), ", head_dim ", D, ", ", G, " (use the CPU engine)");
+  TORCH_CHECK_VALUE(vec_ok(k_pages) && vec_ok(v_pages), "paged decode on CUDA needs k_pages / v_pages with a "
+                    "16-byte aligned base and strides that are multiples of 8 elements (PagedKVCache's are)");
+  cuda::DecodeArgs args;
+  // The validated host copies have the device copies' strides: swap in the device pointers.
+  in.p.page_table = pt.dev.data_ptr<int32_t>(), in.p.seqlens = sl.dev.data_ptr<int32_t>();
+  if (pg) in.sel.pages = pg->dev.data_ptr<int32_t>(), in.sel.counts = ct->dev.data_ptr<int32_t>();
+
+  PlanTensors plan;
+  if (given) {
+    plan = *given;
+  } else {  // stream-K over the resident CTAs, 256-token tiles
+    plan.workers = cuda_decode_max_workers(k_pages, q.size(1));
+    plan.tile_pages = std::max<int64_t>(1, 256 / in.p.page_size);
+    const int64_t outputs = in.p.batch * Hkv;
+    plan.offsets = at::zeros({outputs + 1}, at::kLong);
+    plan.slot_base = at::zeros({outputs + 1}, at::kLong);
+    int64_t* off = plan.offsets.data_ptr<int64_t>();
+    for (int64_t o = 0; o < outputs; ++o) {
+      const int64_t b = o / Hkv, g = o % Hkv;
+      const int64_t n = pg ? ct->host.data_ptr<int32_t>()[b * ct->host.stride(0) + g * ct->host.stride(1)]
+                           : (sl.host.data_ptr<int32_t>()[b] + in.p.page_size - 1) / in.p.page_size;
+      off[o + 1] = off[o] + (n + plan.tile_pages - 1) / plan.tile_pages;
+    }
+    int64_t* sb = plan.slot_base.data_ptr<int64_t>();
+    for (int64_t o = 0; o < outputs; ++o)
+      sb[o + 1] = sb[o] + (off[o + 1] == off[o] ? 0
+                                                : stream_k_worker_of(off[outputs], plan.workers, off[o + 1] - 1) -
+                                                      stream_k_worker_of(off[outputs], plan.workers, off[o]) + 1);
+    const int64_t slots = sb[outputs];
+    plan.ws_state = at::zeros({slots * G * 2 + slots}, q.options().dtype(at::kFloat));  // states + zeroed flags
+    plan.ws_acc = at::empty({std::max<int64_t>(slots, 1) * G * D}, q.options().dtype(at::kFloat));
+  }
+  const at::Tensor off_h = plan.offsets.cpu(), sb_h = plan.slot_base.cpu();
+  check_device(plan.ws_state, q, "ws_state");
+  check_device(plan.ws_acc, q, "ws_acc");
+  args.plan = make_stream_k_plan(in.p, in.selected ? &in.sel : nullptr, G, off_h, sb_h, plan.workers, plan.tile_pages,
+                                 plan.ws_state, plan.ws_acc);
+  args.slots = sb_h.data_ptr<int64_t>()[in.p.batch * Hkv];
+  TORCH_CHECK_VALUE(plan.ws_state.numel() >= args.slots * G * 2 + args.slots,
+                    "plan: on CUDA ws_state also holds one int32 flag per partial slot (", args.slots * G * 2 + args.slots,
+                    " values); build the plan with plan_decode on the cache's device");
+  if (q.numel() == 0) return lse;
+  const at::Tensor off_d = off_h.to(q.device()), sb_d = sb_h.to(q.device());
+  args.plan.offsets = off_d.data_ptr<int64_t>(), args.plan.slot_base = sb_d.data_ptr<int64_t>();
+  const at::Tensor qa = vec_ok(q) ? q : q.clone(at::MemoryFormat::Contiguous);
+  at::Tensor oa = vec_ok(out) ? out : at::empty(out.sizes(), out.options());
+  args.p = in.p, args.sel = in.sel, args.io = in.io;
+  if (!in.selected) args.sel = PageSelection{};
+  args.io.q = qa.data_ptr(), args.io.out = oa.data_ptr();
+  args.io.q_stride[0] = qa.stride(0), args.io.q_stride[1] = qa.stride(1);
+  args.io.o_stride[0] = oa.stride(0), args.io.o_stride[1] = oa.stride(1);
+  const char* mode = std::getenv("SPARSE_ATTN_DECODE_MERGE");
+  args.separate_merge = (mode != nullptr && std::strcmp(mode, "separate") == 0) ||
+                        plan.workers > cuda_decode_max_workers(k_pages, q.size(1));
+  const cudaError_t err = cuda::decode_stream_k(args, decode_stream(q.device()));
+  TORCH_CHECK(err == cudaSuccess, cuda::decode_kernel_name(in.io.dtype, D),
+              args.separate_merge ? " (separate merge)" : " (in-kernel fix-up)", " failed: ", cudaGetErrorName(err),
+              " (", cudaGetErrorString(err), ")");
+  if (!oa.is_same(out)) out.copy_(oa);
+  return lse;
+}
+
+at::Tensor paged_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                       const at::Tensor& page_table, const at::Tensor& seqlens,
+                                       const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                       at::Tensor& out, double scale) {
+  return run_decode(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, std::nullopt);
+}
+
+at::Tensor paged_decode_stream_k_cuda(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                                      const at::Tensor& page_table, const at::Tensor& seqlens,
+                                      const std::optional<at::Tensor>& pages, const std::optional<at::Tensor>& counts,
+                                      at::Tensor& out, double scale, const at::Tensor& offsets,
+                                      const at::Tensor& slot_base, int64_t workers, int64_t tile_pages,
+                                      at::Tensor& ws_state, at::Tensor& ws_acc) {
+  return run_decode(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale,
+                    PlanTensors{offsets, slot_base, ws_state, ws_acc, workers, tile_pages});
+}
+
+}  // namespace
+}  // namespace sparse_attn
+
+// paged_kv_write, quest_scores and quest_select have no CUDA kernel yet: the dispatcher's
+// "no kernel for CUDA" error is what a caller sees.
+TORCH_LIBRARY_IMPL(sparse_attn, CUDA, m) {
+  m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cuda);
+  m.impl("paged_decode_stream_k", &sparse_attn::paged_decode_stream_k_cuda);
+}
