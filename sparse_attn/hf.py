@@ -44,7 +44,7 @@ from .vertical_slash_estimator import estimate_vertical_slash
 __all__ = ["patch", "unpatch", "is_patched", "SparseAttnCache", "ATTN_NAME", "SUPPORTED_MODEL_TYPES"]
 
 ATTN_NAME = "sparse_attn"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "smollm2", "smollm3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # SmolLM2 is a "llama"
 _DECODE_MODES = ("quest", "dense")
 _handoff = threading.local()  # the cache layer whose update() the next attention call belongs to
 
@@ -425,6 +425,10 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
     if mc.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"patch: unsupported model type {mc.model_type!r} ({type(model).__name__}); supported: "
                          f"{SUPPORTED_MODEL_TYPES} (Llama-family decoders whose attention calls AttentionInterface)")
+    if getattr(mc, "sliding_window", None) and getattr(mc, "use_sliding_window", True) \
+            and mc.model_type in ("mistral", "qwen2"):
+        raise ValueError(f"patch: {mc.model_type} with sliding-window attention (sliding_window={mc.sliding_window}) "
+                         f"is not supported: the patterns assume full causal attention; set sliding_window=None")
     Hq = mc.num_attention_heads
     Hkv = getattr(mc, "num_key_value_heads", None) or Hq
     D = getattr(mc, "head_dim", None) or mc.hidden_size // Hq

@@ -285,3 +285,21 @@ def test_demo_run_reports_every_figure():
     assert 0 <= res["top1_agreement_last"]["agreement"] <= 1 and res["top1_agreement_last"]["positions"] == 320
     assert set(res["decode_attention_s"]) == {"sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads"}
     assert "prefill speedup" in demo.format_results(res)
+
+
+def test_mistral_without_sliding_window_works_and_with_it_is_rejected():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=128, hidden_size=96, intermediate_size=128, num_hidden_layers=L, num_attention_heads=HQ,
+              num_key_value_heads=HKV, head_dim=D, max_position_embeddings=4096)
+    model = MistralForCausalLM(MistralConfig(sliding_window=None, **kw)).eval()
+    ids = torch.randint(1, 128, (1, 200), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        dense = model(ids, use_cache=False).logits
+        sh.patch(model, DENSE, min_sparse_tokens=64)
+        torch.testing.assert_close(model(ids, use_cache=False).logits, dense, rtol=1e-4, atol=1e-4)
+        sh.unpatch(model)
+    windowed = MistralForCausalLM(MistralConfig(sliding_window=64, **kw)).eval()
+    with pytest.raises(ValueError, match="sliding-window"):
+        sh.patch(windowed, DENSE)
