@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--token-budget", type=int, default=2048, help="Quest token budget (default 2048)")
     d.add_argument("--repeats", type=int, default=1, help="prefill timings per mode, alternating (median)")
     d.add_argument("--out", default=None, help="write the results JSON into this folder (e.g. bench/results)")
+    d.add_argument("--keep-freed-memory", action="store_true",
+                   help="tell glibc malloc to keep freed memory (no per-layer page faults; as jemalloc/tcmalloc "
+                   "setups for CPU inference do); applies to dense and patched alike")
 
     s = sub.add_parser("search", help="per-head pattern search on a calibration text; writes a JSON config")
     s.add_argument("--model", help="local Hugging Face model directory (default: SmolLM2-135M-Instruct)")
@@ -113,6 +116,12 @@ def _info() -> int:
 def _demo(args) -> int:
     from sparse_attn import demo
 
+    allocator = "glibc default"
+    if args.keep_freed_memory:
+        if not demo.keep_freed_memory():
+            print("demo: --keep-freed-memory: this C library has no mallopt", file=sys.stderr)
+            return 2
+        allocator = "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
     model, tok, model_id = demo.load_model(args.model)
     config = args.config
     if config is None:
@@ -124,6 +133,7 @@ def _demo(args) -> int:
     res = demo.run(model, tok, config, tokens=args.tokens, new_tokens=args.new_tokens, decode=args.decode,
                    token_budget=args.token_budget, repeats=args.repeats)
     res["model"] = model_id
+    res["allocator"] = allocator
     print(demo.format_results(res))
     if args.out:
         from sparse_attn.benchmark import machine_info, write_results

@@ -285,6 +285,19 @@ def test_demo_run_reports_every_figure():
     assert 0 <= res["top1_agreement_last"]["agreement"] <= 1 and res["top1_agreement_last"]["positions"] == 320
     assert set(res["decode_attention_s"]) == {"sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads"}
     assert "prefill speedup" in demo.format_results(res)
+    assert res["prefill_logits"] == "last position"
+
+
+@torch.no_grad()
+def test_demo_prefill_logits_from_the_final_norm_equal_the_full_forward():
+    from sparse_attn import demo
+
+    model = tiny_model()
+    ids = torch.randint(1, 128, (1, 96), generator=torch.Generator().manual_seed(3))
+    full = model(ids, use_cache=False).logits[0].float()
+    logits, gen, *_ = demo._prefill_and_decode(model, ids, 2, None)
+    torch.testing.assert_close(logits, full, rtol=0, atol=0)
+    assert gen[0] == int(full[-1].argmax())
 
 
 def test_mistral_without_sliding_window_works_and_with_it_is_rejected():
