@@ -101,10 +101,13 @@ class PagedKVCache:
             raise ValueError(f"{op}: the page pool is full ({len(self._free)} free pages, {sum(need)} needed); "
                              f"nothing was written")
         for b, n in enumerate(need):
-            for _ in range(n):
-                page = self._free.pop()
-                self.page_table[b, len(self._owned[b])] = page
-                self._owned[b].append(page)
+            if n == 0:
+                continue
+            pages = [self._free.pop() for _ in range(n)]
+            first = len(self._owned[b])
+            # one slice write per sequence (a per-page tensor write cost ~0.2 s per 8k-token forward)
+            self.page_table[b, first:first + n] = torch.tensor(pages, dtype=self.page_table.dtype)
+            self._owned[b].extend(pages)
 
     def _write(self, k, v, batch_idx, positions, op):
         """Writes token rows k/v [N, Hkv, D] of sequences batch_idx at positions (tensors [N])."""
@@ -165,11 +168,17 @@ class PagedKVCache:
         start = self.seqlens.to(torch.int64).cpu()
         lens = torch.tensor([r1 - r0 for r0, r1 in spans], dtype=torch.int64)
         self._reserve((start + lens).tolist(), op)
-        b_idx = torch.repeat_interleave(torch.arange(self.batch_size), lens)
-        rows = torch.cat([torch.arange(r0, r1) for r0, r1 in spans])
-        pos = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(start, lens)])
         dev = k.device
-        self._write(k[b_idx.to(dev), rows.to(dev)], v[b_idx.to(dev), rows.to(dev)], b_idx.to(dev), pos.to(dev), op)
+        if self.batch_size == 1:  # the rows are a view: no gathered copy of the chunk
+            r0, r1 = spans[0]
+            pos = torch.arange(int(start[0]), int(start[0]) + r1 - r0, device=dev)
+            self._write(k[0, r0:r1], v[0, r0:r1], torch.zeros_like(pos), pos, op)
+        else:
+            b_idx = torch.repeat_interleave(torch.arange(self.batch_size), lens)
+            rows = torch.cat([torch.arange(r0, r1) for r0, r1 in spans])
+            pos = torch.cat([torch.arange(int(s), int(s) + int(n)) for s, n in zip(start, lens)])
+            self._write(k[b_idx.to(dev), rows.to(dev)], v[b_idx.to(dev), rows.to(dev)], b_idx.to(dev), pos.to(dev),
+                        op)
         self.seqlens += lens.to(torch.int32).to(self.seqlens.device)
 
     def can_hold(self, lengths) -> bool:

@@ -147,6 +147,24 @@ def test_extend_ragged_chunks_then_grow():
         cache.grown(4, 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_extend_batch1_strided_chunks_keep_metadata_exact(dtype):
+    """Batch 1 extends write the chunk from a strided view (no gathered copy); chunks that
+    end and start inside a page, and long enough for the parallel page buckets."""
+    Hkv, D, ps = 3, 64, 16
+    g = _gen(11)
+    cache = PagedKVCache(80, ps, Hkv, D, batch_size=1, max_pages_per_seq=80, dtype=dtype)
+    chunks = [_randn((1, n, Hkv, D), dtype, g) for n in (5, 700, 1, 300)]
+    for c in chunks:
+        rows = c.shape[1]
+        wide = torch.cat([c, c], 1)  # the rows are a view into a larger tensor: strided
+        cache.extend(wide, -wide, [(rows, 2 * rows)])
+    check_metadata(cache, "batch-1 extends")
+    gk, gv = ref.gather_kv(cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, 0)
+    want = torch.cat([c[0] for c in chunks])
+    assert torch.equal(gk, want) and torch.equal(gv, -want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("ps", [8, 16, 64])
 def test_metadata_bit_exact_after_prefill_and_appends(dtype, ps):

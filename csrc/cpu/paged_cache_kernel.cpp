@@ -11,6 +11,24 @@
 namespace sparse_attn::cpu::SA_CPU_NS {
 namespace {
 
+// mx = max(mx, x), mn = min(mn, x) element-wise. Exact: the result is always one of the
+// stored values (at::vec compares bf16/fp16 in float, and those round trips are exact).
+template <typename T>
+inline void widen_bounds(T* mx, T* mn, const T* x, int64_t D) {
+  using V = at::vec::Vectorized<T>;
+  int64_t d = 0;
+  for (; d + V::size() <= D; d += V::size()) {
+    const V xv = V::loadu(x + d);
+    at::vec::maximum(V::loadu(mx + d), xv).store(mx + d);
+    at::vec::minimum(V::loadu(mn + d), xv).store(mn + d);
+  }
+  for (; d < D; ++d) {
+    const float xf = static_cast<float>(x[d]);
+    if (xf > static_cast<float>(mx[d])) mx[d] = x[d];
+    if (xf < static_cast<float>(mn[d])) mn[d] = x[d];
+  }
+}
+
 template <typename T>
 void write_tokens(const PagedKVWrite& w) {
   auto* kp = static_cast<T*>(w.k_pages);
@@ -20,12 +38,16 @@ void write_tokens(const PagedKVWrite& w) {
   const auto* k = static_cast<const T*>(w.k);
   const auto* v = static_cast<const T*>(w.v);
   const int64_t D = w.head_dim;
-  // One KV head per task: a page's metadata rows are then touched by one thread, in token
-  // order, so "first slot sets, later slots widen" is exact (max/min of stored values).
-  at::parallel_for(0, w.heads_kv, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
+  // Tasks are (KV head, bucket of pages): a page's metadata row is then touched by one
+  // thread, in token order, so "first slot sets, later slots widen" is exact. Buckets by
+  // page id (not one task per head) keep both threads busy with 1-3 KV heads.
+  const int64_t buckets = w.ntokens >= 256 ? 8 : 1;
+  at::parallel_for(0, w.heads_kv * buckets, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = t / buckets, bucket = t % buckets;
       for (int64_t n = 0; n < w.ntokens; ++n) {
         const int64_t page = w.page_ids[n], slot = w.slots[n];
+        if (page % buckets != bucket) continue;
         const T* ks = k + n * w.src_stride[0] + g * w.src_stride[1];
         const T* vs = v + n * w.v_src_stride[0] + g * w.v_src_stride[1];
         std::memcpy(kp + page * w.page_stride[0] + slot * w.page_stride[1] + g * w.page_stride[2], ks, D * sizeof(T));
@@ -36,11 +58,7 @@ void write_tokens(const PagedKVWrite& w) {
           std::memcpy(mx, ks, D * sizeof(T));
           std::memcpy(mn, ks, D * sizeof(T));
         } else {
-          for (int64_t d = 0; d < D; ++d) {
-            const float x = static_cast<float>(ks[d]);  // exact: T -> float -> T round trips
-            if (x > static_cast<float>(mx[d])) mx[d] = ks[d];
-            if (x < static_cast<float>(mn[d])) mn[d] = ks[d];
-          }
+          widen_bounds(mx, mn, ks, D);
         }
       }
     }
