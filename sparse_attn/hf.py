@@ -349,10 +349,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         if Sq == 1 and past > 0 and (rows is None or all(r1 - r0 == 1 for r0, r1 in rows)):
             out = _decode(q[:, 0], layer, st, scale, layer)
             return out[:, None], None
-        out = torch.zeros(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
-        if past == 0 and rows is None:
+        if past == 0 and rows is None:  # every head's run writes every row: no zero fill
+            out = torch.empty(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
             _prefill_heads(q, k, v, out, st, scale)
             return out, None
+        out = torch.zeros(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
         for b in range(B):  # chunked prefill or padding: one sequence at a time, keys from the pages
             r0, r1 = rows[b] if rows is not None else (0, Sq)
             if r1 <= r0:
@@ -363,12 +364,13 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     # Not our cache (DynamicCache or none): key/value hold the whole (padded) sequence.
     Sk = k.shape[1]
     spans = _valid_spans(attention_mask, B, Sk, Sq)
-    out = torch.zeros(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
     if spans is None:
         if Sq == 1:
             return _dense_decode(query, key, value, None, scale), None
+        out = torch.empty(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
         _prefill_heads(q, k, v, out, st, scale)
         return out, None
+    out = torch.zeros(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
     P0 = Sk - Sq  # kv position of query row 0
     for b, (s0, s1) in enumerate(spans):
         r0, r1 = max(s0 - P0, 0), max(min(s1 - P0, Sq), 0)
