@@ -186,21 +186,45 @@ inline float exp_store_generic(const float* s, int64_t x0, int64_t x1, float sca
 }
 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
-// 2^x for finite x: x = n + f with f in [-1/2, 1/2], 2^f by a degree-6 Taylor polynomial
-// (relative error < 2e-7 on that interval, below fp32 rounding of the sum), 2^n by
-// vscalefps, which also flushes very negative x to 0. About half the instructions of
-// ATen's exp_u20; the softmax costs as much as the AMX tile products, so this matters.
+// 2^x for finite x: x = n + f with f in [-1/2, 1/2], 2^f by a polynomial fitted for least
+// maximum relative error on that interval, 2^n by vscalefps (which also flushes very
+// negative x to 0). The degree follows the precision P is stored in: relative error
+// 7.5e-8 at degree 5 (fp32 P: below fp32 rounding), 2.6e-6 at 4 (fp16 P: 1/190 of its
+// rounding), 7.5e-5 at 3 (bf16 P: 1/50 of its rounding; the fp32 row sums take the same
+// values). The softmax costs as much as the AMX tile products at head_dim 64, and each
+// degree saved is one of the ~13 vector ops per 16 scores.
+template <int Deg>
 inline __m512 exp2_fast(__m512 x) {
+  static_assert(Deg >= 3 && Deg <= 5, "exp2_fast: degree 3, 4 or 5");
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);                   // ln2^6 / 720
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));  // ln2^5 / 120
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));  // ln2^4 / 24
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));  // ln2^3 / 6
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));  // ln2^2 / 2
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));  // ln2
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  __m512 p;
+  if constexpr (Deg == 5) {
+    p = _mm512_set1_ps(1.327647129073739e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.675540961325169e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550713092088699e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469440460205e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
+  } else if constexpr (Deg == 4) {
+    p = _mm512_set1_ps(9.570101276040077e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.591785907745361e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40247443318367e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931217908859253e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999992847442627e-1f));
+  } else {
+    p = _mm512_set1_ps(5.51716648042202e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.426111251115799e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.932609677314758e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999280571937561e-1f));
+  }
   return _mm512_scalef_ps(p, n);
+}
+
+// The polynomial degree for probabilities stored as out_t (see exp2_fast).
+template <typename out_t>
+constexpr int exp2_degree() {
+  return std::is_same_v<out_t, float> ? 5 : std::is_same_v<out_t, c10::Half> ? 4 : 3;
 }
 
 // exp(s * scale - m) = 2^(s * scale * log2e - m * log2e) on [x0, x1); STORE(ptr, e0, e1)
@@ -212,8 +236,8 @@ inline __m512 exp2_fast(__m512 x) {
   __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();                       \
   int64_t j = x0;                                                                      \
   for (; j + 32 <= x1; j += 32) {                                                      \
-    const __m512 e0 = exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), vs, vm));      \
-    const __m512 e1 = exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(s + j + 16), vs, vm)); \
+    const __m512 e0 = exp2_fast<kDeg>(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), vs, vm));      \
+    const __m512 e1 = exp2_fast<kDeg>(_mm512_fmadd_ps(_mm512_loadu_ps(s + j + 16), vs, vm)); \
     sum0 = _mm512_add_ps(sum0, e0);                                                    \
     sum1 = _mm512_add_ps(sum1, e1);                                                    \
     STORE(p + j, e0, e1);                                                              \
@@ -221,7 +245,7 @@ inline __m512 exp2_fast(__m512 x) {
   for (; j < x1; j += 16) { /* masked tail, 16 at a time: no scalar exp */            \
     const int64_t n = std::min<int64_t>(16, x1 - j);                                   \
     const __mmask16 k = static_cast<__mmask16>((1u << n) - 1);                         \
-    const __m512 e = exp2_fast(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, s + j), vs, vm)); \
+    const __m512 e = exp2_fast<kDeg>(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, s + j), vs, vm)); \
     sum0 = _mm512_mask_add_ps(sum0, k, sum0, e);                                       \
     alignas(64) float tmp[16];                                                         \
     _mm512_store_ps(tmp, e);                                                           \
@@ -247,11 +271,13 @@ inline void store32(out_t* dst, __m512 e0, __m512 e1) {
 
 template <typename out_t>
 inline float exp_store_avx512(const float* s, int64_t x0, int64_t x1, float scale, float m, out_t* p) {
+  constexpr int kDeg = exp2_degree<out_t>();
   SA_EXP_STORE_BODY(store32<out_t>)
 }
 
 __attribute__((target("avx512bf16"))) inline float exp_store_bf16_native(const float* s, int64_t x0, int64_t x1,
                                                                         float scale, float m, c10::BFloat16* p) {
+  constexpr int kDeg = exp2_degree<c10::BFloat16>();
   SA_EXP_STORE_BODY(SA_STORE_BF16_NATIVE)
 }
 #undef SA_EXP_STORE_BODY
@@ -281,9 +307,9 @@ inline float row_max_bits_avx512(const float* s, const uint64_t* bits, int64_t n
     for (int q = 0; q < 64; q += 32) {                                                              \
       const float* x = s + c * 64 + q;                                                              \
       const __m512 e0 = _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> q),                        \
-                                            exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(x), vs, vm))); \
+                                            exp2_fast<kDeg>(_mm512_fmadd_ps(_mm512_loadu_ps(x), vs, vm))); \
       const __m512 e1 = _mm512_maskz_mov_ps(static_cast<__mmask16>(w >> (q + 16)),                 \
-                                            exp2_fast(_mm512_fmadd_ps(_mm512_loadu_ps(x + 16), vs, vm))); \
+                                            exp2_fast<kDeg>(_mm512_fmadd_ps(_mm512_loadu_ps(x + 16), vs, vm))); \
       sum0 = _mm512_add_ps(sum0, e0);                                                               \
       sum1 = _mm512_add_ps(sum1, e1);                                                               \
       STORE(p + c * 64 + q, e0, e1);                                                                \
@@ -293,11 +319,13 @@ inline float row_max_bits_avx512(const float* s, const uint64_t* bits, int64_t n
 
 template <typename out_t>
 inline float exp_store_bits_avx512(const float* s, const uint64_t* bits, int64_t nc, float scale, float m, out_t* p) {
+  constexpr int kDeg = exp2_degree<out_t>();
   SA_EXP_STORE_BITS_BODY(store32<out_t>)
 }
 __attribute__((target("avx512bf16"))) inline float exp_store_bits_bf16_native(const float* s, const uint64_t* bits,
                                                                              int64_t nc, float scale, float m,
                                                                              c10::BFloat16* p) {
+  constexpr int kDeg = exp2_degree<c10::BFloat16>();
   SA_EXP_STORE_BITS_BODY(SA_STORE_BF16_NATIVE)
 }
 #undef SA_STORE_BF16_NATIVE
