@@ -188,14 +188,14 @@ inline float exp_store_generic(const float* s, int64_t x0, int64_t x1, float sca
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
 // 2^x for finite x: x = n + f with f in [-1/2, 1/2], 2^f by a polynomial fitted for least
 // maximum relative error on that interval, 2^n by vscalefps (which also flushes very
-// negative x to 0). The degree follows the precision P is stored in: relative error
-// 7.5e-8 at degree 5 (fp32 P: below fp32 rounding), 2.6e-6 at 4 (fp16 P: 1/190 of its
-// rounding), 7.5e-5 at 3 (bf16 P: 1/50 of its rounding; the fp32 row sums take the same
-// values). The softmax costs as much as the AMX tile products at head_dim 64, and each
-// degree saved is one of the ~13 vector ops per 16 scores.
+// negative x to 0). Relative error: 7.5e-8 at degree 5 (fp32 P: below fp32 rounding),
+// 2.6e-6 at degree 4 (fp16/bf16 P: 1/190 and 1/1500 of their rounding; the fp32 row sums
+// take the same values). Degree 3 (7.5e-5) measured 1-2% faster for bf16, within noise;
+// not worth a visible error term. The softmax costs as much as the AMX tile products at
+// head_dim 64.
 template <int Deg>
 inline __m512 exp2_fast(__m512 x) {
-  static_assert(Deg >= 3 && Deg <= 5, "exp2_fast: degree 3, 4 or 5");
+  static_assert(Deg == 4 || Deg == 5, "exp2_fast: degree 4 or 5");
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
   __m512 p;
@@ -206,17 +206,12 @@ inline __m512 exp2_fast(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022120237350464e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469440460205e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001192092896f));
-  } else if constexpr (Deg == 4) {
+  } else {
     p = _mm512_set1_ps(9.570101276040077e-3f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.591785907745361e-2f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40247443318367e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931217908859253e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999992847442627e-1f));
-  } else {
-    p = _mm512_set1_ps(5.51716648042202e-2f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.426111251115799e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.932609677314758e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999280571937561e-1f));
   }
   return _mm512_scalef_ps(p, n);
 }
@@ -224,7 +219,7 @@ inline __m512 exp2_fast(__m512 x) {
 // The polynomial degree for probabilities stored as out_t (see exp2_fast).
 template <typename out_t>
 constexpr int exp2_degree() {
-  return std::is_same_v<out_t, float> ? 5 : std::is_same_v<out_t, c10::Half> ? 4 : 3;
+  return std::is_same_v<out_t, float> ? 5 : 4;
 }
 
 // exp(s * scale - m) = 2^(s * scale * log2e - m * log2e) on [x0, x1); STORE(ptr, e0, e1)
