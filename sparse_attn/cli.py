@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="where to write the JSON config")
     s.add_argument("--from-table", help="re-pick an existing config (with tables) for --target-recall instead of "
                    "searching again")
+    s.add_argument("--measure-time", action="store_true",
+                   help="pick the cheapest pattern by its measured time on this machine (per-kind fit of time vs "
+                   "cost, timed on the calibration text's queries and keys of three layers) instead of by cost")
     return p
 
 
@@ -142,19 +145,48 @@ def _demo(args) -> int:
     return 0
 
 
+def _time_model(model, ids):
+    """measure_time_model on the queries and keys of layers L/4, L/2 and 3L/4 of ``ids``."""
+    import torch
+
+    from sparse_attn.hf import capture_qk
+    from sparse_attn.search import measure_time_model
+
+    n = model.config.num_hidden_layers
+    want = sorted({n // 4, n // 2, (3 * n) // 4})
+    qs, ks = {}, {}
+
+    def keep(i, q, k, scale):
+        if i in want:
+            qs[i], ks[i] = q.clone(), k.clone()
+
+    with torch.no_grad():
+        capture_qk(model, ids, keep)
+    tm = measure_time_model([qs[i] for i in want], [ks[i] for i in want])
+    tm["layers"] = want
+    return tm
+
+
 def _search(args) -> int:
     from sparse_attn.pattern_config import PatternConfig
 
-    if args.from_table:
-        cfg = PatternConfig.load(args.from_table).with_target(args.target_recall)
-    else:
+    model = ids = None
+    if args.measure_time or not args.from_table:
         from sparse_attn import demo
-        from sparse_attn.search import search_model
 
         model, tok, model_id = demo.load_model(args.model)
         ids = demo.text_ids(tok, args.tokens, part="start")
+    tm = _time_model(model, ids) if args.measure_time else None
+    if tm is not None:
+        print("time model (time / dense = fixed + slope * cost): " + ", ".join(
+            f"{k} {v['fixed']:.3f} + {v['slope']:.3f} x" for k, v in tm["kinds"].items()))
+    if args.from_table:
+        cfg = PatternConfig.load(args.from_table).with_target(args.target_recall, tm)
+    else:
+        from sparse_attn.search import search_model
+
         cfg = search_model(model, ids, target_recall=args.target_recall, model_id=model_id,
-                           calibration=f"pydoc_data.topics, first {args.tokens} tokens")
+                           calibration=f"pydoc_data.topics, first {args.tokens} tokens", time_model=tm)
     cfg.save(args.output)
     print(f"{args.output}: {cfg.summary()}")
     return 0

@@ -116,17 +116,22 @@ class PatternConfig:
         layers = [[h for h in layer if h["head"] in keep] for layer in self.layers]
         return PatternConfig(self.model, layers, calibration=self.calibration, search=self.search)
 
-    def with_target(self, target_recall: float) -> "PatternConfig":
+    def with_target(self, target_recall: float, time_model: Optional[dict] = None) -> "PatternConfig":
         """The same search re-picked for another target recall, from the per-head tables the
-        search kept (``search_model(..., keep_table=True)``): no model run needed."""
+        search kept (``search_model(..., keep_table=True)``): no model run needed. Cheapest by
+        ``time_model`` (:func:`~sparse_attn.search.measure_time_model`) when given, else by the
+        config's own time model if it has one, else by cost."""
         cands = self.search.get("candidates")
         if not cands or any("table" not in h for layer in self.layers for h in layer):
             raise ValueError("with_target: this config has no per-head candidate tables (search with keep_table=True)")
+        tm = time_model if time_model is not None else self.search.get("time_model")
         pats = [Pattern(c["pattern"], dict(c.get("params", {}))) for c in cands]
-        layers = [[{"head": h["head"], **pick_pattern(pats, h["table"], target_recall), "table": h["table"]}
+        layers = [[{"head": h["head"], **pick_pattern(pats, h["table"], target_recall, tm), "table": h["table"]}
                    for h in layer] for layer in self.layers]
-        return PatternConfig(self.model, layers, calibration=self.calibration,
-                             search=dict(self.search, target_recall=target_recall))
+        search = dict(self.search, target_recall=target_recall)
+        if tm:
+            search["time_model"] = tm
+        return PatternConfig(self.model, layers, calibration=self.calibration, search=search)
 
     def summary(self) -> Dict[str, float]:
         """Heads per pattern kind, and the mean cost (fraction of dense FLOPs) and recall."""
@@ -135,6 +140,8 @@ class PatternConfig:
         if heads:
             out["mean_cost"] = round(sum(h.get("cost", 1.0) for h in heads) / len(heads), 4)
             out["mean_recall"] = round(sum(h.get("recall", 1.0) for h in heads) / len(heads), 4)
+            if all("time" in h for h in heads):  # picked under a measured time model
+                out["mean_time"] = round(sum(h["time"] for h in heads) / len(heads), 4)
         return out
 
     # ------------------------------------------------------------------ I/O

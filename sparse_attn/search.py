@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -283,13 +283,15 @@ def attention_recall(q: torch.Tensor, k: torch.Tensor, candidates: Sequence, *, 
 
 def search_layer(q: torch.Tensor, k: torch.Tensor, *, target_recall: float = 0.95,
                  patterns: Optional[Sequence[Pattern]] = None, block: int = 128,
-                 scale: Optional[float] = None, keep_table: bool = False) -> List[dict]:
+                 scale: Optional[float] = None, keep_table: bool = False,
+                 time_model: Optional[dict] = None) -> List[dict]:
     """Chooses a pattern per query head of one layer: the cheapest of ``patterns`` (default
     :func:`default_patterns`) whose recall, averaged over the batch, reaches ``target_recall``;
     dense if none does. Returns one dict per query head: ``{"pattern", "params", "recall",
     "cost"}`` (recall and cost rounded to 4 digits), with ``keep_table`` also ``"table"``: the
     ``[recall, cost]`` of every pattern (in order), so that another target can be picked later
-    without searching again (:meth:`PatternConfig.with_target`)."""
+    without searching again (:meth:`PatternConfig.with_target`). With ``time_model``
+    (:func:`measure_time_model`) "cheapest" means the least modeled time, not cost."""
     _check_qk(q, k, "search_layer")
     if not 0 < target_recall <= 1:
         raise ValueError(f"search_layer: target_recall must be in (0, 1], got {target_recall}")
@@ -305,24 +307,120 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, *, target_recall: float = 0.9
     picks = []
     for h in range(q.shape[2]):
         table = [[round(float(recall[c, h]), 5), round(float(cost[c, h]), 5)] for c in range(len(pats))]
-        pick = pick_pattern(pats, table, target_recall)
+        pick = pick_pattern(pats, table, target_recall, time_model)
         if keep_table:
             pick["table"] = table
         picks.append(pick)
     return picks
 
 
-def pick_pattern(patterns: Sequence[Pattern], table: Sequence[Sequence[float]], target_recall: float) -> dict:
+def modeled_time(pattern: Pattern, cost: float, time_model: Optional[dict]) -> float:
+    """A pattern's run time relative to dense under ``time_model`` (:func:`measure_time_model`):
+    ``fixed + slope * cost`` of its kind; with no model, the cost itself. Dense is 1."""
+    if pattern.kind == "dense":
+        return 1.0
+    if not time_model:
+        return float(cost)
+    fit = time_model.get("kinds", {}).get(pattern.kind)
+    if fit is None:
+        raise ValueError(f"time_model: no fit for pattern kind {pattern.kind!r}")
+    return float(fit["fixed"]) + float(fit["slope"]) * float(cost)
+
+
+def pick_pattern(patterns: Sequence[Pattern], table: Sequence[Sequence[float]], target_recall: float,
+                 time_model: Optional[dict] = None) -> dict:
     """The cheapest pattern whose recall reaches the target, else dense: ``table[c] =
-    [recall, cost]`` of ``patterns[c]``. Ties in cost go to the earlier pattern."""
+    [recall, cost]`` of ``patterns[c]``. Cheapest by :func:`modeled_time` when a
+    ``time_model`` is given (what the kernels take here), else by cost. Ties go to the
+    earlier pattern."""
     ok = [c for c in range(len(patterns)) if table[c][0] >= target_recall]
-    best = min(ok, key=lambda c: (table[c][1], c)) if ok else patterns.index(Pattern("dense"))
-    return {**patterns[best].to_json(), "recall": round(table[best][0], 4), "cost": round(table[best][1], 4)}
+    key = [modeled_time(patterns[c], table[c][1], time_model) for c in range(len(patterns))]
+    best = min(ok, key=lambda c: (key[c], c)) if ok else patterns.index(Pattern("dense"))
+    pick = {**patterns[best].to_json(), "recall": round(table[best][0], 4), "cost": round(table[best][1], 4)}
+    if time_model:
+        pick["time"] = round(key[best], 4)
+    return pick
+
+
+def measure_time_model(q, k, patterns: Optional[Sequence[Pattern]] = None, *, repeats: int = 3,
+                       scale: Optional[float] = None) -> dict:
+    """Measures what each candidate costs in time on this machine and fits, per pattern kind,
+    ``time / dense time = fixed + slope * cost`` (cost: :func:`computed_fraction`).
+
+    The fixed part is what a kind pays whatever its sparsity (packing K/V, run-time
+    estimation, partial tiles); without it the search would pick, say, a vertical-slash
+    pattern of cost 0.8 that takes longer than dense. ``q [1, S, Hq, D]`` and ``k [1, S,
+    Hkv, D]``, or lists of such pairs (e.g. several layers: their points are pooled); real
+    queries and keys matter (random ones make every vertical-slash pattern touch every
+    block). Each candidate is timed on the first KV group, estimation included, as
+    :mod:`sparse_attn.hf` runs it, with random values (time does not depend on them); the
+    minimum of ``repeats`` runs. Returns a JSON-able dict for :func:`pick_pattern`,
+    :func:`search_model` and :meth:`PatternConfig.with_target`.
+
+    Example::
+
+        q = torch.randn(1, 4096, 3, 64, dtype=torch.bfloat16); k = torch.randn(1, 4096, 1, 64, dtype=torch.bfloat16)
+        tm = measure_time_model(q, k)        # {"kinds": {"streaming": {"fixed": .., "slope": ..}, ...}, ...}
+    """
+    import time
+
+    from . import hf
+
+    qs, ks = (list(q), list(k)) if isinstance(q, (list, tuple)) else ([q], [k])
+    if not qs or len(qs) != len(ks):
+        raise ValueError("measure_time_model: q and k must be tensors or equally long non-empty lists of tensors")
+    for qi, ki in zip(qs, ks):
+        _check_qk(qi, ki, "measure_time_model")
+        if qi.shape[0] != 1:
+            raise ValueError(f"measure_time_model: batch must be 1, got {qi.shape[0]}")
+    if repeats < 1:
+        raise ValueError(f"measure_time_model: repeats must be >= 1, got {repeats}")
+    pats = list(default_patterns() if patterns is None else patterns)
+    if Pattern("dense") not in pats:
+        pats.append(Pattern("dense"))
+    points: Dict[str, List[Tuple[float, float]]] = {}
+    dense_s = []
+    for qi, ki in zip(qs, ks):
+        group = qi.shape[2] // ki.shape[2]
+        qg, kg = qi[:, :, :group].contiguous(), ki[:, :, :1].contiguous()
+        vg, out = torch.randn_like(kg), torch.empty_like(qg)
+        sc = float(scale) if scale is not None else qi.shape[-1] ** -0.5
+
+        def seconds(p: Pattern) -> float:
+            st = hf.layer_state([p] * group, group, min_sparse_tokens=0)
+            hf._prefill_heads(qg, kg, vg, out, st, sc)  # warm-up
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                hf._prefill_heads(qg, kg, vg, out, st, sc)
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        dense_s.append(seconds(Pattern("dense")))
+        for p in pats:
+            if p.kind != "dense":
+                cost = float(computed_fraction(p.candidate(qg, kg), qg.shape[1], kg.shape[1], group).mean())
+                points.setdefault(p.kind, []).append((cost, seconds(p) / dense_s[-1]))
+    kinds = {}
+    for kind, pts in points.items():
+        x = torch.tensor([c for c, _ in pts], dtype=torch.float64)
+        y = torch.tensor([t for _, t in pts], dtype=torch.float64)
+        if float(x.max() - x.min()) < 1e-3:  # no spread in cost: all of it is slope
+            fixed, slope = 0.0, float(y.mean() / x.mean().clamp_min(1e-6))
+        else:
+            slope = max(float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()), 0.0)
+            fixed = max(float(y.mean() - slope * x.mean()), 0.0)
+        kinds[kind] = {"fixed": round(fixed, 4), "slope": round(slope, 4),
+                       "points": [[round(c, 4), round(t, 4)] for c, t in pts]}
+    return {"kinds": kinds, "dense_seconds": [round(t, 6) for t in dense_s], "seqlen": int(qs[0].shape[1]),
+            "group": int(qs[0].shape[2] // ks[0].shape[2]), "head_dim": int(qs[0].shape[3]),
+            "dtype": str(qs[0].dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
 
 
 def search_model(model, input_ids: torch.Tensor, *, target_recall: float = 0.95,
                  patterns: Optional[Sequence[Pattern]] = None, model_id: str = "", calibration: str = "",
-                 progress: bool = True, block: int = 128, keep_table: bool = True):
+                 progress: bool = True, block: int = 128, keep_table: bool = True,
+                 time_model: Optional[dict] = None):
     """Runs :func:`search_layer` on every layer of a Hugging Face model for one calibration
     input and returns a :class:`~sparse_attn.pattern_config.PatternConfig`.
 
@@ -356,7 +454,7 @@ def search_model(model, input_ids: torch.Tensor, *, target_recall: float = 0.95,
 
     def on_layer(layer_idx, q, k, scale):
         picks = search_layer(q, k, target_recall=target_recall, patterns=pats, block=block, scale=scale,
-                             keep_table=keep_table)
+                             keep_table=keep_table, time_model=time_model)
         layers[layer_idx] = [{"head": h, **p} for h, p in enumerate(picks)]
         bar.update(1)
 
@@ -370,7 +468,8 @@ def search_model(model, input_ids: torch.Tensor, *, target_recall: float = 0.95,
                          calibration={"text": calibration, "tokens": int(input_ids.shape[1])},
                          search={"target_recall": target_recall, "candidates": [p.to_json() for p in pats],
                                  "cost": "share of the dense causal work the kernel computes (computed_fraction)",
-                                 "seconds": round(time.time() - t0, 1)})
+                                 "seconds": round(time.time() - t0, 1),
+                                 **({"time_model": time_model} if time_model else {})})
 
 
 class _NoBar:

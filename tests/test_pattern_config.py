@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sparse_attn.pattern_config import SCHEMA, PatternConfig, shipped_configs
-from sparse_attn.search import (Pattern, computed_fraction, default_patterns, evaluate_candidates, pick_pattern,
-                                 search_layer)
+from sparse_attn.search import (Pattern, computed_fraction, default_patterns, evaluate_candidates,
+                                 measure_time_model, modeled_time, pick_pattern, search_layer)
 
 from conftest import qkv
 
@@ -77,6 +77,48 @@ def test_pick_pattern_and_with_target():
     assert cfg.with_target(0.99).summary()["dense"] == 8
     with pytest.raises(ValueError, match="tables"):
         PatternConfig(MODEL, [heads(), heads()]).with_target(0.9)
+
+
+TM = {"kinds": {"streaming": {"fixed": 0.05, "slope": 1.0}, "block_sparse": {"fixed": 0.3, "slope": 1.0}}}
+
+
+def test_pick_pattern_by_modeled_time():
+    """With a time model the cheapest is the fastest: here block-sparse (cost 0.3) costs
+    0.6 in time and streaming (cost 0.5) 0.55, so the pick flips."""
+    pats = [Pattern("streaming", {"sink_tokens": 1, "window_tokens": 2}), Pattern("dense"),
+            Pattern("block_sparse", {"density": 0.2, "block_size": 64})]
+    table = [[0.96, 0.5], [1.0, 1.0], [0.97, 0.3]]
+    assert pick_pattern(pats, table, 0.95)["pattern"] == "block_sparse"
+    pick = pick_pattern(pats, table, 0.95, TM)
+    assert pick["pattern"] == "streaming" and pick["time"] == 0.55 and pick["cost"] == 0.5
+    assert modeled_time(pats[1], 1.0, TM) == 1.0 and modeled_time(pats[2], 0.3, None) == 0.3
+    with pytest.raises(ValueError, match="no fit for pattern kind 'vertical_slash'"):
+        modeled_time(Pattern("vertical_slash", {"n_vertical": 1, "n_slash": 1}), 0.5, TM)
+    layers = [[{"head": h, **pick_pattern(pats, table, 0.95), "table": table} for h in range(4)] for _ in range(2)]
+    cfg = PatternConfig(MODEL, layers, search={"candidates": [p.to_json() for p in pats], "target_recall": 0.95})
+    timed = cfg.with_target(0.95, TM)
+    assert timed.pattern(1, 3).kind == "streaming" and timed.search["time_model"] == TM
+    assert timed.summary()["mean_time"] == 0.55 and "mean_time" not in cfg.summary()
+    assert timed.with_target(0.95).pattern(0, 0).kind == "streaming"  # the config keeps its time model
+
+
+def test_measure_time_model_fits_every_kind():
+    q, k, _ = qkv(1, 512, 512, 4, 2, 64, torch.bfloat16, seed=5)
+    pats = [Pattern("streaming", {"sink_tokens": 64, "window_tokens": w}) for w in (64, 256)]
+    pats += [Pattern("block_sparse", {"density": d, "block_size": 64}) for d in (0.3, 0.7)]
+    pats += [Pattern("vertical_slash", {"n_vertical": 64, "n_slash": 128})]
+    tm = measure_time_model([q, q], [k, k], pats, repeats=1)
+    assert set(tm["kinds"]) == {"streaming", "block_sparse", "vertical_slash"}
+    for kind, n in (("streaming", 4), ("block_sparse", 4), ("vertical_slash", 2)):
+        fit = tm["kinds"][kind]
+        assert len(fit["points"]) == n and fit["fixed"] >= 0 and fit["slope"] >= 0
+        assert all(0 < c <= 1 and t > 0 for c, t in fit["points"])
+    assert len(tm["dense_seconds"]) == 2 and tm["group"] == 2 and tm["seqlen"] == 512
+    json.dumps(tm)  # stored in the config as is
+    with pytest.raises(ValueError, match="batch must be 1"):
+        measure_time_model(torch.cat([q, q]), torch.cat([k, k]), pats)
+    with pytest.raises(ValueError, match="equally long"):
+        measure_time_model([q, q], [k], pats)
 
 
 def test_search_layer_picks_cheapest_that_reaches_target():
