@@ -370,6 +370,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         out = torch.empty(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
         _prefill_heads(q, k, v, out, st, scale)
         return out, None
+    if Sq == 1:  # decode is dense over each sequence's real keys (as with our cache), never a prefill pattern
+        keep = torch.zeros(B, 1, 1, Sk, dtype=torch.bool, device=query.device)
+        for b, (s0, s1) in enumerate(spans):
+            keep[b, ..., s0:s1] = True
+        return _dense_decode(query, key, value, keep, scale), None
     out = torch.zeros(B, Sq, Hq, D, dtype=query.dtype, device=query.device)
     P0 = Sk - Sq  # kv position of query row 0
     for b, (s0, s1) in enumerate(spans):
@@ -398,7 +403,7 @@ def is_patched(model) -> bool:
 
 
 def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", token_budget: int = 2048,
-          min_sparse_tokens: int = 1024, page_size: int = 16):
+          min_sparse_tokens: int = 1024, page_size: int = 16, _mode: Optional[str] = None):
     """Switches ``model``'s attention to sparse-attn (in place; returns the model).
 
     Args:
@@ -409,9 +414,23 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
             stream-K split over the threads).
         min_sparse_tokens: prompts shorter than this run dense.
         page_size: page size of the paged KV cache that ``generate`` uses.
+
+    With transformers >= 5 the attention runs through ``AttentionInterface`` and decode through
+    :class:`SparseAttnCache`. Where ``AttentionInterface`` is missing (transformers < 4.48),
+    the attention modules' ``forward`` is replaced instead: prefill is sparse per the config
+    as above, decode is dense (SDPA) over the model's own cache, since the paged cache needs
+    transformers >= 5's cache layers (``decode`` and ``token_budget`` then have no effect).
+
+    Example::
+
+        from sparse_attn import hf
+        hf.patch(model, "smollm2-135m-instruct")    # a SmolLM2-135M model from transformers
+        out = model.generate(ids, max_new_tokens=32)
+        hf.unpatch(model)
     """
-    transformers, AttentionInterface, _, _ = _transformers()
-    from transformers.masking_utils import AttentionMaskInterface
+    mode = _mode if _mode is not None else ("interface" if _has_attention_interface() else "forward")
+    if mode not in ("interface", "forward"):
+        raise ValueError(f"patch: _mode must be 'interface' or 'forward', got {_mode!r}")
     if decode not in _DECODE_MODES:
         raise ValueError(f"patch: decode must be one of {_DECODE_MODES}, got {decode!r}")
     for name, val in (("token_budget", token_budget), ("min_sparse_tokens", min_sparse_tokens),
@@ -443,6 +462,13 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
     for m in modules:
         m._sparse_attn = layer_state(cfg.layer_patterns(m.layer_idx), Hq // Hkv, decode=decode,
                                      token_budget=token_budget, min_sparse_tokens=min_sparse_tokens)
+    if mode == "forward":
+        _patch_forwards(model, modules)
+        model._sparse_attn_patched = {"mode": "forward", "config": cfg}
+        return model
+    _, AttentionInterface, _, _ = _transformers()
+    from transformers.masking_utils import AttentionMaskInterface
+
     AttentionInterface.register(ATTN_NAME, _attention)
     AttentionMaskInterface.register(ATTN_NAME, _padding_mask)
     previous = mc._attn_implementation
@@ -456,7 +482,7 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
         return original_generate(*args, **kwargs)
 
     model.generate = generate
-    model._sparse_attn_patched = {"previous": previous, "config": cfg}
+    model._sparse_attn_patched = {"mode": "interface", "previous": previous, "config": cfg}
     return model
 
 
@@ -465,13 +491,89 @@ def unpatch(model):
     state = getattr(model, "_sparse_attn_patched", None)
     if state is None:
         raise ValueError("unpatch: the model is not patched")
-    model.set_attn_implementation(state["previous"])
     for m in _attention_modules(model):
         if hasattr(m, "_sparse_attn"):
             del m._sparse_attn
-    del model.generate  # the instance attribute; the class method shows through again
+    if state["mode"] == "forward":
+        for m in _attention_modules(model):
+            m.__dict__.pop("forward", None)  # the instance attribute; the class method shows through again
+        model.__dict__.pop("forward", None)
+    else:
+        model.set_attn_implementation(state["previous"])
+        del model.generate
     model._sparse_attn_patched = None
     return model
+
+
+# ---------------------------------------------------------------------------- fallback: forward patching
+def _has_attention_interface() -> bool:
+    try:
+        _transformers()
+    except ImportError:
+        return False
+    return True
+
+
+_model_call = threading.local()  # the 2D padding mask of the running forward (forward mode)
+
+
+def _patch_forwards(model, modules):
+    """Forward mode: the model's ``forward`` keeps its call's 2D padding mask where the attention
+    modules can read it (they only get a 4D mask, or none), and each attention module gets a
+    ``forward`` that projects, applies RoPE, updates the model's own cache and then runs
+    :func:`_attention` (sparse prefill per the config, dense decode)."""
+    import inspect
+    import sys
+
+    model_forward = model.forward
+
+    @functools.wraps(model_forward)
+    def forward(*args, **kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(f"sparse_attn.hf: attention_mask must be a 2D padding mask [batch, seqlen], got "
+                             f"{mask.dim()}D (custom 4D masks are not supported)")
+        saved = getattr(_model_call, "mask", None)
+        _model_call.mask = mask
+        try:
+            return model_forward(*args, **kwargs)
+        finally:
+            _model_call.mask = saved
+
+    model.forward = forward
+    for m in modules:
+        names = list(inspect.signature(type(m).forward).parameters)[1:]  # without self
+        rope = getattr(sys.modules[type(m).__module__], "apply_rotary_pos_emb", None)
+        if rope is None or not all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            raise ValueError(f"patch: unsupported attention module {type(m).__name__}: needs q/k/v/o_proj and its "
+                             f"module's apply_rotary_pos_emb")
+        m.forward = functools.partial(_attention_forward, m, names, rope)
+
+
+def _attention_forward(module, names, rope, *args, **kwargs):
+    """A Llama-family attention forward (transformers 4.3x-4.47 and 5.x call conventions)."""
+    kw = dict(zip(names, args), **kwargs)
+    x = kw["hidden_states"]
+    B, S, _ = x.shape
+    D = getattr(module, "head_dim", None) or module.config.hidden_size // module.config.num_attention_heads
+    q = module.q_proj(x).view(B, S, -1, D).transpose(1, 2)
+    k = module.k_proj(x).view(B, S, -1, D).transpose(1, 2)
+    v = module.v_proj(x).view(B, S, -1, D).transpose(1, 2)
+    pe = kw.get("position_embeddings")
+    if pe is None:
+        if not hasattr(module, "rotary_emb"):
+            raise ValueError(f"sparse_attn.hf: {type(module).__name__} got no position_embeddings and has no rotary_emb")
+        pe = module.rotary_emb(v, kw.get("position_ids"))
+    cos, sin = pe
+    q, k = rope(q, k, cos, sin)
+    cache = kw.get("past_key_value", kw.get("past_key_values"))
+    if cache is not None:
+        k, v = cache.update(k, v, module.layer_idx, {"sin": sin, "cos": cos, "cache_position": kw.get("cache_position")})
+    mask = getattr(_model_call, "mask", None)
+    out, _ = _attention(module, q, k, v, mask, scaling=getattr(module, "scaling", None))
+    out = module.o_proj(out.reshape(B, S, -1))
+    return (out, None, cache) if "output_attentions" in names else (out, None)
+
 
 
 # ---------------------------------------------------------------------------- calibration capture

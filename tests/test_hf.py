@@ -5,7 +5,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AttentionInterface  # noqa: E402
 
 import sparse_attn.hf as sh  # noqa: E402
 from sparse_attn import reference as ref  # noqa: E402
@@ -14,29 +14,7 @@ from sparse_attn.pattern_config import PatternConfig  # noqa: E402
 from sparse_attn.search import Pattern  # noqa: E402
 from sparse_attn.vertical_slash_estimator import estimate_vertical_slash  # noqa: E402
 
-L, HQ, HKV, D = 2, 6, 2, 16
-PATTERNS = [{"pattern": "streaming", "params": {"sink_tokens": 16, "window_tokens": 64}},
-            {"pattern": "vertical_slash", "params": {"n_vertical": 16, "n_slash": 32}},
-            {"pattern": "block_sparse", "params": {"density": 0.3, "block_size": 64}},
-            {"pattern": "dense", "params": {}}]
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=96, intermediate_size=128, num_hidden_layers=L,
-                      num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D, max_position_embeddings=4096,
-                      pad_token_id=0, eos_token_id=None, bos_token_id=None)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def config(kinds):
-    """kinds(layer, head) -> index into PATTERNS."""
-    layers = [[{"head": h, **PATTERNS[kinds(l, h)]} for h in range(HQ)] for l in range(L)]
-    return PatternConfig({"id": "tiny", "num_layers": L, "num_heads": HQ, "num_kv_heads": HKV, "head_dim": D}, layers)
-
-
-MIXED = config(lambda l, h: (h + l) % 4)
-DENSE = config(lambda l, h: 3)
+from hf_models import DENSE, HKV, HQ, MIXED, PATTERNS, D, L, config, tiny_model  # noqa: E402,F401
 
 
 def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
