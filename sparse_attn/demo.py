@@ -123,19 +123,21 @@ def _ppl(logits, ids):
     return float(torch.exp(-lp.mean()))
 
 
-def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repeats: int = 20):
+def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repeats: int = 41):
     """Decode attention alone over every layer's real cache (after the patched prefill and
     decode), with the real decode queries of the first decode step: SDPA over contiguous
     K/V (what transformers' default cache does), the patched model's decode with
     ``decode="dense"`` (every page, stream-K) and with ``decode="quest"`` (dense heads of the
-    config read every page), and Quest on every KV head."""
+    config read every page), and Quest on every KV head. Each repeat times one whole step
+    (every layer) per variant, the variants alternating; the median over repeats."""
     from . import hf
     from .paged import quest_decode
 
     mc = model.config
     Hq = mc.num_attention_heads
     group = Hq // (getattr(mc, "num_key_value_heads", None) or Hq)
-    t = {"sdpa": 0.0, "patched_dense_stream_k": 0.0, "patched_quest": 0.0, "quest_all_heads": 0.0}
+    names = ("sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads")
+    per_layer = []
     for li, layer in enumerate(cache.layers):
         paged = layer.paged
         n = int(paged.seqlens[0])
@@ -148,20 +150,23 @@ def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repea
         dense_st = hf.layer_state(pats, group, decode="dense")
         quest_st = hf.layer_state(pats, group, decode="quest", token_budget=token_budget)
         scale = q3.shape[-1] ** -0.5
-        calls = {
-            "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
-            "patched_dense_stream_k": lambda: hf._decode(q3, layer, dense_st, scale, layer),
-            "patched_quest": lambda: hf._decode(q3, layer, quest_st, scale, layer),
-            "quest_all_heads": lambda: quest_decode(q3, paged, token_budget=token_budget),
+        calls = {  # default arguments bind this layer's tensors (the calls run after the loop)
+            "sdpa": lambda q4=q4, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q4, k, v, enable_gqa=True),
+            "patched_dense_stream_k": lambda q3=q3, l=layer, st=dense_st: hf._decode(q3, l, st, scale, l),
+            "patched_quest": lambda q3=q3, l=layer, st=quest_st: hf._decode(q3, l, st, scale, l),
+            "quest_all_heads": lambda q3=q3, p=paged: quest_decode(q3, p, token_budget=token_budget),
         }
         for f in calls.values():
             f()
-        for _ in range(repeats):
-            for name, f in calls.items():  # alternate, so that drift hits all alike
-                t0 = time.perf_counter()
-                f()
-                t[name] += time.perf_counter() - t0
-    return {name: v / repeats for name, v in t.items()}
+        per_layer.append(calls)
+    t = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:  # alternate, so that drift hits all alike; one step = every layer
+            t0 = time.perf_counter()
+            for calls in per_layer:
+                calls[name]()
+            t[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in t.items()}
 
 
 @torch.no_grad()
