@@ -123,20 +123,16 @@ def _ppl(logits, ids):
     return float(torch.exp(-lp.mean()))
 
 
-def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repeats: int = 41):
-    """Decode attention alone over every layer's real cache (after the patched prefill and
-    decode), with the real decode queries of the first decode step: SDPA over contiguous
-    K/V (what transformers' default cache does), the patched model's decode with
-    ``decode="dense"`` (every page, stream-K) and with ``decode="quest"`` (dense heads of the
-    config read every page), and Quest on every KV head. Each repeat times one whole step
-    (every layer) per variant, the variants alternating; the median over repeats."""
+def _decode_attention_calls(model, cache, queries, cfg, token_budget: int):
+    """Per layer, the four decode-attention variants timed by :func:`_decode_attention_times`
+    as zero-argument calls returning their output ``[1, Hq, D]``-like tensors (SDPA's is
+    ``[1, Hq, 1, D]``)."""
     from . import hf
     from .paged import quest_decode
 
     mc = model.config
     Hq = mc.num_attention_heads
     group = Hq // (getattr(mc, "num_key_value_heads", None) or Hq)
-    names = ("sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads")
     per_layer = []
     for li, layer in enumerate(cache.layers):
         paged = layer.paged
@@ -159,6 +155,18 @@ def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repea
         for f in calls.values():
             f()
         per_layer.append(calls)
+    return per_layer
+
+
+def _decode_attention_times(model, cache, queries, cfg, token_budget: int, repeats: int = 41):
+    """Decode attention alone over every layer's real cache (after the patched prefill and
+    decode), with the real decode queries of the first decode step: SDPA over contiguous
+    K/V (what transformers' default cache does), the patched model's decode with
+    ``decode="dense"`` (every page, stream-K) and with ``decode="quest"`` (dense heads of the
+    config read every page), and Quest on every KV head. Each repeat times one whole step
+    (every layer) per variant, the variants alternating; the median over repeats."""
+    names = ("sdpa", "patched_dense_stream_k", "patched_quest", "quest_all_heads")
+    per_layer = _decode_attention_calls(model, cache, queries, cfg, token_budget)
     t = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:  # alternate, so that drift hits all alike; one step = every layer

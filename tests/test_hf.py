@@ -278,6 +278,28 @@ def test_demo_prefill_logits_from_the_final_norm_equal_the_full_forward():
     assert gen[0] == int(full[-1].argmax())
 
 
+@torch.no_grad()
+def test_demo_decode_attention_calls_run_each_layers_own_step():
+    """The timed decode variants are bound to their own layer's cache and query, and with a
+    budget covering the context all four compute the same attention."""
+    from sparse_attn import demo
+
+    model = tiny_model()
+    ids = torch.randint(1, 128, (1, 300), generator=torch.Generator().manual_seed(6))
+    sh.patch(model, DENSE, min_sparse_tokens=64)
+    cache = sh.SparseAttnCache(model)
+    model(ids, past_key_values=cache, use_cache=True)
+    sh.unpatch(model)
+    g = torch.Generator().manual_seed(7)
+    queries = {l: torch.randn(1, HQ, D, generator=g) for l in range(L)}
+    calls = demo._decode_attention_calls(model, cache, queries, DENSE, token_budget=4096)
+    outs = [{name: f().reshape(HQ, D) for name, f in c.items()} for c in calls]
+    for l in range(L):
+        for name in ("patched_dense_stream_k", "patched_quest", "quest_all_heads"):
+            torch.testing.assert_close(outs[l][name], outs[l]["sdpa"], rtol=1e-4, atol=1e-5)
+    assert (outs[0]["sdpa"] - outs[1]["sdpa"]).abs().max() > 1e-3
+
+
 def test_mistral_without_sliding_window_works_and_with_it_is_rejected():
     from transformers import MistralConfig, MistralForCausalLM
 
