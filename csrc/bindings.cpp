@@ -252,6 +252,8 @@ void fill_vs_list(const at::Tensor& list, const at::Tensor& count, const char* l
   }
 }
 
+}  // namespace
+
 VerticalSlashParams make_vs_params(const at::Tensor& vertical, const at::Tensor& vertical_count,
                                    const at::Tensor& slash, const at::Tensor& slash_count, int64_t batch,
                                    int64_t heads, const at::Device& device) {
@@ -262,6 +264,8 @@ VerticalSlashParams make_vs_params(const at::Tensor& vertical, const at::Tensor&
                vs.slash_count, vs.slash_count_stride, vs.max_slash);
   return vs;
 }
+
+namespace {
 
 at::Tensor vertical_slash_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         at::Tensor& out, const at::Tensor& vertical, const at::Tensor& vertical_count,
@@ -275,33 +279,46 @@ at::Tensor vertical_slash_attention_cpu(const at::Tensor& q, const at::Tensor& k
   return lse;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_cpu(
-    const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
-    const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size) {
+}  // namespace
+
+VSIndexCall prepare_vs_index(const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+                             const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size,
+                             const at::Device& out_device) {
   TORCH_CHECK_VALUE(seqlen_q >= 0 && seqlen_k >= 0, "seqlen_q and seqlen_k must be >= 0, got ", seqlen_q, ", ",
                     seqlen_k);
   TORCH_CHECK_VALUE(block_size >= 1 && block_size <= (1 << 20), "block_size must be in [1, 2^20], got ",
                     block_size);
   TORCH_CHECK_VALUE(vertical.dim() == 3 && slash.dim() == 3, "vertical and slash must be [batch, heads, n], got ",
                     vertical.sizes(), " and ", slash.sizes());
-  const int64_t batch = std::max(vertical.size(0), slash.size(0)), heads = std::max(vertical.size(1), slash.size(1));
-  VerticalSlashParams vs =
-      make_vs_params(vertical, vertical_count, slash, slash_count, batch, heads, vertical.device());
+  VSIndexCall c;
+  c.batch = std::max(vertical.size(0), slash.size(0));
+  c.heads = std::max(vertical.size(1), slash.size(1));
+  c.vs = make_vs_params(vertical, vertical_count, slash, slash_count, c.batch, c.heads, vertical.device());
   const int64_t mb = (seqlen_q + block_size - 1) / block_size;
-  VerticalSlashIndex idx;
-  idx.max_blocks = std::min<int64_t>(2 * (vs.max_slash + 1), (seqlen_k + block_size - 1) / block_size);
-  idx.max_columns = vs.max_vertical;
-  auto opts = vertical.options().dtype(at::kInt);
-  at::Tensor block_count = at::empty({batch, heads, mb}, opts);
-  at::Tensor block_offset = at::empty({batch, heads, mb, idx.max_blocks}, opts);
-  at::Tensor column_count = at::empty({batch, heads, mb}, opts);
-  at::Tensor column_index = at::empty({batch, heads, mb, idx.max_columns}, opts);
-  idx.block_count = block_count.data_ptr<int32_t>();
-  idx.block_offset = block_offset.data_ptr<int32_t>();
-  idx.column_count = column_count.data_ptr<int32_t>();
-  idx.column_index = column_index.data_ptr<int32_t>();
-  if (batch * heads * mb > 0) cpu::vertical_slash_index(vs, batch, heads, seqlen_q, seqlen_k, block_size, idx);
-  return {block_count, block_offset, column_count, column_index};
+  c.idx.max_blocks = std::min<int64_t>(2 * (c.vs.max_slash + 1), (seqlen_k + block_size - 1) / block_size);
+  c.idx.max_columns = c.vs.max_vertical;
+  auto opts = vertical.options().dtype(at::kInt).device(out_device);
+  c.block_count = at::empty({c.batch, c.heads, mb}, opts);
+  c.block_offset = at::empty({c.batch, c.heads, mb, c.idx.max_blocks}, opts);
+  c.column_count = at::empty({c.batch, c.heads, mb}, opts);
+  c.column_index = at::empty({c.batch, c.heads, mb, c.idx.max_columns}, opts);
+  c.idx.block_count = c.block_count.data_ptr<int32_t>();
+  c.idx.block_offset = c.block_offset.data_ptr<int32_t>();
+  c.idx.column_count = c.column_count.data_ptr<int32_t>();
+  c.idx.column_index = c.column_index.data_ptr<int32_t>();
+  c.rows = c.batch * c.heads * mb;
+  return c;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_cpu(
+    const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+    const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size) {
+  VSIndexCall c = prepare_vs_index(vertical, vertical_count, slash, slash_count, seqlen_q, seqlen_k, block_size,
+                                   vertical.device());
+  if (c.rows > 0) cpu::vertical_slash_index(c.vs, c.batch, c.heads, seqlen_q, seqlen_k, block_size, c.idx);
+  return {c.block_count, c.block_offset, c.column_count, c.column_index};
 }
 
 // ---------------------------------------------------------------- paged KV cache

@@ -1,4 +1,5 @@
-// CUDA dispatch of the prefill ops (block-sparse and streaming attention): the same
+// CUDA dispatch of the prefill ops (block-sparse, streaming and vertical-slash attention, the
+// vertical-slash index): the same
 // checks as the CPU ops (torch_checks.h), then the torch-free launcher
 // (cuda/prefill/launch.h) on torch's current stream. Compiled only with the CUDA engine, and
 // against any torch build: the stream and the device guard come through c10's generic
@@ -10,9 +11,12 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <tuple>
 
 #include "cuda/prefill/launch.h"
+#include "sparse_attn/vertical_slash.h"
 #include "torch_checks.h"
 
 namespace sparse_attn {
@@ -86,12 +90,96 @@ at::Tensor streaming_attention_cuda(const at::Tensor& q, const at::Tensor& k, co
   return lse;
 }
 
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+}
+
+// The lists on the device (made contiguous) and their parameters: the shared checks run on
+// one host copy of each (a synchronizing copy, as block-sparse validation does), then the
+// device pointers replace the host ones (same contiguous strides).
+struct DeviceVSLists {
+  at::Tensor vertical, vertical_count, slash, slash_count;
+};
+DeviceVSLists device_lists(const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+                           const at::Tensor& slash_count, const at::Device& device) {
+  for (const at::Tensor* t : {&vertical, &vertical_count, &slash, &slash_count})
+    TORCH_CHECK_VALUE(t->device() == device, "vertical, vertical_count, slash and slash_count must be on device ",
+                      device, ", got ", t->device());
+  return {vertical.contiguous(), vertical_count.contiguous(), slash.contiguous(), slash_count.contiguous()};
+}
+void use_device_lists(VerticalSlashParams& vs, const DeviceVSLists& d) {
+  vs.vertical = d.vertical.data_ptr<int32_t>();
+  vs.vertical_count = d.vertical_count.data_ptr<int32_t>();
+  vs.slash = d.slash.data_ptr<int32_t>();
+  vs.slash_count = d.slash_count.data_ptr<int32_t>();
+}
+
+at::Tensor vertical_slash_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         at::Tensor& out, const at::Tensor& vertical,
+                                         const at::Tensor& vertical_count, const at::Tensor& slash,
+                                         const at::Tensor& slash_count, bool causal, double scale) {
+  at::Tensor lse = new_lse(q);
+  cuda::PrefillArgs args;
+  args.p = make_params(q, k, v, out, lse, scale, causal);
+  check_supported(args.p, "vertical_slash_attention");
+  const c10::DeviceGuard guard(q.device());
+  const DeviceVSLists d = device_lists(vertical, vertical_count, slash, slash_count, q.device());
+  VerticalSlashParams vs = make_vs_params(d.vertical.cpu(), d.vertical_count.cpu(), d.slash.cpu(),
+                                          d.slash_count.cpu(), args.p.batch, args.p.heads_q, at::Device(at::kCPU));
+  use_device_lists(vs, d);
+  if (q.numel() == 0) return lse;
+  // The 64-row tiles' index and the element-mask bitsets, built on the device (temporary).
+  const int64_t B = args.p.batch, H = args.p.heads_q, Sq = args.p.seqlen_q, Sk = args.p.seqlen_k;
+  const int64_t mb = (Sq + 63) / 64;
+  VerticalSlashIndex idx;
+  idx.max_blocks = std::max<int64_t>(1, std::min<int64_t>(2 * (vs.max_slash + 1), (Sk + 63) / 64));
+  idx.max_columns = std::max<int64_t>(1, vs.max_vertical);
+  const auto iopts = q.options().dtype(at::kInt);
+  at::Tensor counts = at::empty({2, B * H * mb}, iopts);
+  at::Tensor offsets = at::empty({B * H * mb, idx.max_blocks}, iopts);
+  at::Tensor columns = at::empty({B * H * mb, idx.max_columns}, iopts);
+  at::Tensor bits = at::empty({cuda::vs_bits_bytes(B, H, Sk) / 8}, q.options().dtype(at::kLong));
+  idx.block_count = counts.data_ptr<int32_t>();
+  idx.column_count = idx.block_count + B * H * mb;
+  idx.block_offset = offsets.data_ptr<int32_t>();
+  idx.column_index = columns.data_ptr<int32_t>();
+  auto* bits_ptr = reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>());
+  check_cuda(cuda::vs_build_index(vs, B, H, Sq, Sk, 64, /*col_limit_all=*/!causal, bits_ptr, idx,
+                                  current_stream(q.device())),
+             "vs_bits_kernel / vs_index_kernel (vertical_slash_attention)");
+  args.mode = cuda::PrefillMode::kVerticalSlash;
+  args.vs.bits = bits_ptr;
+  args.vs.words = VSBits::words(Sk);
+  args.vs.index = idx;
+  run(args, q, k, v);
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_cuda(
+    const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+    const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size) {
+  const c10::DeviceGuard guard(vertical.device());
+  const DeviceVSLists d = device_lists(vertical, vertical_count, slash, slash_count, vertical.device());
+  VSIndexCall c = prepare_vs_index(d.vertical.cpu(), d.vertical_count.cpu(), d.slash.cpu(), d.slash_count.cpu(),
+                                   seqlen_q, seqlen_k, block_size, vertical.device());
+  use_device_lists(c.vs, d);
+  if (c.rows > 0) {
+    at::Tensor bits =
+        at::empty({cuda::vs_bits_bytes(c.batch, c.heads, seqlen_k) / 8}, vertical.options().dtype(at::kLong));
+    check_cuda(cuda::vs_build_index(c.vs, c.batch, c.heads, seqlen_q, seqlen_k, block_size, /*col_limit_all=*/false,
+                                    reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c.idx,
+                                    current_stream(vertical.device())),
+               "vs_bits_kernel / vs_index_kernel (vertical_slash_index)");
+  }
+  return {c.block_count, c.block_offset, c.column_count, c.column_index};
+}
+
 }  // namespace
 }  // namespace sparse_attn
 
-// Vertical-slash ops have no CUDA kernel yet: the dispatcher's own "no kernel for CUDA"
-// error is what a caller sees (sparse_attn.vertical_slash_attention says so up front).
 TORCH_LIBRARY_IMPL(sparse_attn, CUDA, m) {
   m.impl("block_sparse_attention", &sparse_attn::block_sparse_attention_cuda);
   m.impl("streaming_attention", &sparse_attn::streaming_attention_cuda);
+  m.impl("vertical_slash_attention", &sparse_attn::vertical_slash_attention_cuda);
+  m.impl("vertical_slash_index", &sparse_attn::vertical_slash_index_cuda);
 }

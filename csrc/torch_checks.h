@@ -25,6 +25,25 @@ BlockSparseParams make_block_sparse_params(const AttentionParams& p, const at::T
 
 StreamingParams make_streaming_params(const AttentionParams& p, int64_t sink_tokens, int64_t window_tokens);
 
+// Vertical-slash lists [B|1, H|1, N] int32 (contiguous last dim) and counts [B|1, H|1] on
+// `device`; reads the counts and entries (no negative entries), so the tensors must be in
+// host memory: the CUDA ops pass contiguous host copies and swap in the device pointers.
+VerticalSlashParams make_vs_params(const at::Tensor& vertical, const at::Tensor& vertical_count,
+                                   const at::Tensor& slash, const at::Tensor& slash_count, int64_t batch,
+                                   int64_t heads, const at::Device& device);
+
+// vertical_slash_index: the checked lists (as make_vs_params) and the four outputs, allocated
+// on out_device; rows = batch * heads * ceil(seqlen_q / block_size).
+struct VSIndexCall {
+  VerticalSlashParams vs;
+  VerticalSlashIndex idx;
+  int64_t batch = 0, heads = 0, rows = 0;
+  at::Tensor block_count, block_offset, column_count, column_index;
+};
+VSIndexCall prepare_vs_index(const at::Tensor& vertical, const at::Tensor& vertical_count, const at::Tensor& slash,
+                             const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size,
+                             const at::Device& out_device);
+
 // Paged decode (paged_decode_attention / paged_decode_stream_k): checks the tensors and fills
 // the shared parameters. page_table, seqlens, pages and counts are read here (validated):
 // the CUDA ops pass host copies and then swap in the device pointers (same strides).

@@ -11,7 +11,7 @@ from .masks import BlockSparseMask
 __all__ = ["block_sparse_attention", "streaming_attention"]
 
 # Ops with a CUDA kernel (csrc/cuda/prefill): bfloat16/float16, head_dim 64 or 128.
-_CUDA_OPS = ("block_sparse_attention", "streaming_attention")
+_CUDA_OPS = ("block_sparse_attention", "streaming_attention", "vertical_slash_attention")
 
 
 def _check_inputs(q, k, v, out, op: str):

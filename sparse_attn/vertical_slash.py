@@ -107,6 +107,9 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ``causal``. The CPU kernel walks the key blocks of :func:`vertical_slash_index` with the
     block-sparse tile loop under this element mask and gathers the leftover columns, both
     into one online softmax.
+    On CUDA (bfloat16 / float16, head_dim 64 / 128) the prefill kernel does the same per
+    64-row tile from an index it builds on the device (not yet run on a GPU: see
+    csrc/cuda/README.md).
 
     Args:
         q: ``[B, Sq, Hq, D]``; k, v: ``[B, Sk, Hkv, D]`` (GQA without copies, any strides

@@ -1,4 +1,5 @@
-"""The CUDA prefill engine (csrc/cuda/prefill): block-sparse and streaming attention on a GPU,
+"""The CUDA prefill engine (csrc/cuda/prefill): block-sparse, streaming and vertical-slash
+attention (and the vertical-slash index) on a GPU,
 against the float64 reference (flash-attention's 2x rule) and against the CPU engine.
 Skipped without a CUDA device. Covers what the kernel supports: bfloat16/float16,
 head_dim 64/128, block sizes that are multiples of 64."""
@@ -12,7 +13,10 @@ from sparse_attn import _C
 from sparse_attn import reference as ref
 from sparse_attn.masks import BlockSparseMask
 
+from sparse_attn.vertical_slash import vertical_slash_attention, vertical_slash_index
+
 from conftest import CUDA_OK, assert_close_2x, assert_lse_close, poisoned_like, qkv, same_precision_attention
+from test_vertical_slash import random_lists
 
 pytestmark = [
     pytest.mark.cuda,
@@ -144,6 +148,58 @@ def test_streaming(dtype, Sq, Sk, Hq, Hkv, D, sink, window):
     assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
 
 
+def check_vertical_slash(q, k, v, vertical, slash, causal, dtype, what):
+    """CUDA output vs the float64 reference (2x rule) and vs the CPU engine."""
+    out = poisoned_like(q)
+    res, lse = vertical_slash_attention(q, k, v, vertical, slash, causal=causal, return_lse=True, out=out)
+    torch.cuda.synchronize()
+    assert res is out and out.is_cuda and lse.is_cuda
+    qc, kc, vc, vl, sl = q.cpu(), k.cpu(), v.cpu(), vertical.cpu(), slash.cpu()
+    out_ref, lse_ref = ref.vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal, return_lse=True)
+    dense = ref.vertical_slash_dense_mask(vl, sl, q.shape[1], k.shape[1], causal=causal)
+    out_pt = same_precision_attention(qc, kc, vc, dense)
+    assert_close_2x(out.cpu(), out_ref, out_pt, dtype, what)
+    assert_lse_close(lse.cpu(), lse_ref, what)
+    out_cpu = vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal)
+    assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D,NV,NS,causal", [
+    (2, 300, 300, 4, 2, 64, 10, 8, True),       # GQA, batch 2, ragged
+    (1, 130, 401, 2, 1, 128, 70, 3, True),      # Sq < Sk, many columns: gathered tiles of 64
+    (1, 250, 180, 2, 2, 64, 3, 90, True),       # Sq > Sk: the first rows see no key (zeros, lse -inf)
+    (1, 200, 200, 4, 4, 128, 0, 0, True),       # empty lists: the main diagonal only
+    (1, 1000, 1100, 2, 1, 64, 300, 40, True),   # many chunks and columns: the 2-stage pipeline
+    (1, 256, 320, 2, 1, 128, 20, 10, False),    # not causal: columns past the diagonal
+    (1, 320, 320, 2, 2, 64, 500, 500, True),    # budgets past the sequence: dense causal
+])
+def test_vertical_slash(dtype, B, Sq, Sk, Hq, Hkv, D, NV, NS, causal):
+    q, k, v = qkv(B, Sq, Sk, Hq, Hkv, D, dtype, "cuda", seed=Sq + NV)
+    vertical, slash = random_lists(B, Hq, NV, NS, Sk, seed=Sk + NS)
+    check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), causal, dtype,
+                         f"vertical-slash {Sq}x{Sk} NV={NV} NS={NS} causal={causal}")
+
+
+def test_vertical_slash_broadcast_lists_and_strided_inputs():
+    B, S, Hq, Hkv, D = 2, 333, 4, 2, 64
+    q, k, v = qkv(B, S, S, Hq, Hkv, D, torch.bfloat16, "cuda", seed=5, layout="bhsd")  # HF layout, strided
+    vertical, slash = random_lists(1, 1, 30, 12, S, seed=6)
+    check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), True, torch.bfloat16, "broadcast lists")
+
+
+@pytest.mark.parametrize("Sq,Sk,bs", [(300, 300, 64), (130, 401, 64), (250, 180, 64), (257, 257, 128),
+                                      (100, 100, 16), (333, 333, 100), (5, 0, 64)])
+@pytest.mark.parametrize("NV,NS", [(7, 5), (40, 60), (0, 0), (600, 600)])
+def test_vertical_slash_index_equals_cpu(Sq, Sk, bs, NV, NS):
+    """The device conversion (vs_index_row per row) gives the CPU op's tensors, bit for bit."""
+    vertical, slash = random_lists(2, 3, NV, NS, max(Sk, 1), seed=Sq + NV + bs)
+    got = vertical_slash_index(vertical.cuda(), slash.cuda(), seqlen_q=Sq, seqlen_k=Sk, block_size=bs)
+    want = vertical_slash_index(vertical, slash, seqlen_q=Sq, seqlen_k=Sk, block_size=bs)
+    for g, w in zip(got, want):
+        assert g.is_cuda and g.dtype == w.dtype and torch.equal(g.cpu(), w)
+
+
 def test_unsupported_cases_raise_clearly():
     q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.float32, "cuda")
     with pytest.raises(ValueError, match="bfloat16 and float16"):
@@ -182,4 +238,6 @@ def test_smoke_small_case_for_sanitizers():
     mask = BlockSparseMask.from_dense(block_map(1, 2, 3, 4, 0.6, seed=3).cuda(), 64)
     check_block_sparse(q, k, v, mask, True, torch.bfloat16, "sanitizer case")
     sparse_attn.streaming_attention(q, k, v, sink_tokens=10, window_tokens=70)
+    vertical, slash = random_lists(1, 2, 80, 6, 200, seed=7)
+    check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), True, torch.bfloat16, "sanitizer case (vs)")
     torch.cuda.synchronize()

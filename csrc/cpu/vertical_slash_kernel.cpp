@@ -91,7 +91,6 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
   const int64_t words = VSBits::words(seqlen_k);
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> bits(2 * words);
-    std::vector<int32_t> blocks(ceil_div(seqlen_k, block_size));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads;
       int64_t ns = 0, nv = 0;
@@ -100,18 +99,12 @@ void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t 
       VSBits::build(vertical, nv, slash, ns, seqlen_k, bits.data(), bits.data() + words);
       const VSBits vb{bits.data(), bits.data() + words, seqlen_k};
       for (int64_t m = 0; m < mb; ++m) {
+        // The row loop the CUDA engine's index kernel runs too (vs_index_row).
         const int64_t i = bh * mb + m;
         const int64_t p0 = m * block_size + offset, p1 = std::min(p0 + block_size, seqlen_k);
-        const int64_t nb = std::min(vb.key_blocks(p0, p1, block_size, blocks.data()), out.max_blocks);
-        int32_t* offs = out.block_offset + i * out.max_blocks;
-        int32_t* cols = out.column_index + i * out.max_columns;
-        const int64_t nc = vs_columns(vertical, nv, p1, blocks.data(), nb, block_size, cols);
-        for (int64_t j = 0; j < nb; ++j) offs[j] = static_cast<int32_t>(blocks[j] * block_size);  // ids -> keys
-        // Padding is zeroed: outputs must not depend on what the allocator returned.
-        std::fill(offs + nb, offs + out.max_blocks, 0);
-        std::fill(cols + nc, cols + out.max_columns, 0);
-        out.block_count[i] = static_cast<int32_t>(nb);
-        out.column_count[i] = static_cast<int32_t>(nc);
+        vs_index_row(vb, vertical, nv, p0, p1, p1, block_size, out.max_blocks, out.max_columns,
+                     out.block_offset + i * out.max_blocks, out.column_index + i * out.max_columns,
+                     out.block_count + i, out.column_count + i);
       }
     }
   });

@@ -15,7 +15,12 @@
 //   7. TileMask (the kernel's chunks, full-chunk shortcut and element mask), replayed for
 //      every tile of random block-sparse and streaming problems (ragged, Sq != Sk, GQA,
 //      broadcast lists, full lists, causal or not), keeps exactly the (query, key) pairs of
-//      a mask built from first principles, each once.
+//      a mask built from first principles, each once;
+//   8. the same for vertical-slash problems (random columns and offsets, out-of-range entries,
+//      broadcast heads, causal or not, Sq != Sk): the index rows made by vs_index_row as
+//      vs_index_kernel makes them, the kernel's walker over a row's key blocks with the
+//      bitset mask and full-chunk shortcut, then its gathered column tiles (64 keys each,
+//      padded with kNoKey) under column_visible.
 #include <cstdio>
 #include <algorithm>
 #include <random>
@@ -27,6 +32,7 @@
 #include "../prefill/prefill_traits.cuh"
 #include "../prefill/tile_mask.h"
 #include "sparse_attn/key_spans.h"
+#include "sparse_attn/vertical_slash.h"
 
 using namespace cute;
 namespace pf = sparse_attn::cuda::prefill;
@@ -227,15 +233,32 @@ static void replay(const sparse_attn::cuda::PrefillArgs& a, const std::vector<ch
         const int64_t rows = std::min<int64_t>(64, Sq - q0);
         const pf::TileMask tm = pf::TileMask::of(a, q0, rows);
         sparse_attn::KeyChunkWalker w = tm.walker(a, b, h, 64);
+        const bool vs = a.mode == sparse_attn::cuda::PrefillMode::kVerticalSlash;
+        const sparse_attn::VSBits vb = vs ? tm.vs_bits(a, b, h) : sparse_attn::VSBits{nullptr, nullptr, 0};
         for (int64_t k0 = w.next(); k0 >= 0; k0 = w.next()) {
           CHECK(k0 % 64 == 0 && k0 < Sk, "case %d: chunk at %lld", it, (long long)k0);
-          const bool full = tm.chunk_full(k0, k0 + 64);
-          for (int64_t r = q0; r < q0 + rows; ++r)
+          const bool full = vs ? tm.vs_chunk_full(vb, k0) : tm.chunk_full(k0, k0 + 64);
+          for (int64_t r = q0; r < q0 + rows; ++r) {
+            const uint64_t bits = vs ? tm.vs_row_bits(vb, r, k0) : 0;
             for (int64_t j = k0; j < k0 + 64; ++j)
-              if (full || tm.visible(r, j)) {
+              if (full || (vs ? ((bits >> (j - k0)) & 1) != 0 : tm.visible(r, j))) {
                 CHECK(j < Sk, "case %d: kept key %lld past the sequence", it, (long long)j);
                 if (j < Sk) ++got[r * Sk + j];
               }
+          }
+        }
+        if (vs) {  // the gathered column tiles, as gather_rows fills them
+          int64_t nc = 0;
+          const int32_t* cols = tm.vs_columns_of(a, b, h, &nc);
+          for (int64_t c0 = 0; c0 < nc; c0 += 64)
+            for (int64_t t = 0; t < 64; ++t) {
+              const int64_t key = c0 + t < nc ? cols[c0 + t] : pf::TileMask::kNoKey;
+              for (int64_t r = q0; r < q0 + rows; ++r)
+                if (tm.column_visible(r, key)) {
+                  CHECK(key >= 0 && key < Sk, "case %d: column %lld out of range", it, (long long)key);
+                  if (key >= 0 && key < Sk) ++got[r * Sk + key];
+                }
+            }
         }
       }
       for (int64_t r = 0; r < Sq; ++r)
@@ -246,6 +269,13 @@ static void replay(const sparse_attn::cuda::PrefillArgs& a, const std::vector<ch
     }
 }
 
+// Random problem sizes shared by the tile-mask checks: batch 1-2, GQA 1-2, up to 400 rows/keys.
+template <class Params>
+static void random_sizes(std::mt19937& rng, Params& p) {
+  p.batch = 1 + rng() % 2, p.heads_kv = 1 + rng() % 2, p.heads_q = p.heads_kv * (1 + rng() % 2);
+  p.seqlen_q = 1 + rng() % 400, p.seqlen_k = 1 + rng() % 400;
+}
+
 static void check_tile_mask() {
   using namespace sparse_attn;
   std::mt19937 rng(11);
@@ -253,8 +283,7 @@ static void check_tile_mask() {
   for (int it = 0; it < 300; ++it) {
     sparse_attn::cuda::PrefillArgs a;
     auto& p = a.p;
-    p.batch = 1 + rng() % 2, p.heads_kv = 1 + rng() % 2, p.heads_q = p.heads_kv * (1 + rng() % 2);
-    p.seqlen_q = 1 + rng() % 400, p.seqlen_k = 1 + rng() % 400;
+    random_sizes(rng, p);
     const int64_t B = p.batch, H = p.heads_q, Sq = p.seqlen_q, Sk = p.seqlen_k, off = Sk - Sq;
     std::vector<char> want(B * H * Sq * Sk, 0);
     std::vector<int32_t> counts, idx, fcounts, fidx;
@@ -310,6 +339,88 @@ static void check_tile_mask() {
   std::printf("  tile mask: %d problems\n", cases);
 }
 
+// 8. vertical-slash problems: the device index built on the host with the kernel's row code
+static void check_vertical_slash() {
+  using namespace sparse_attn;
+  std::mt19937 rng(23);
+  int cases = 0;
+  for (int it = 0; it < 300; ++it) {
+    sparse_attn::cuda::PrefillArgs a;
+    auto& p = a.p;
+    a.mode = sparse_attn::cuda::PrefillMode::kVerticalSlash;
+    random_sizes(rng, p);
+    p.causal = it % 4 != 3;
+    const int64_t B = p.batch, H = p.heads_q, Sq = p.seqlen_q, Sk = p.seqlen_k, off = Sk - Sq;
+    // lists per (b, h) or broadcast over heads; ascending, unique, some entries >= Sk
+    const int64_t Hl = rng() % 2 ? H : 1, NV = rng() % 40, NS = rng() % 12;
+    std::vector<int32_t> vert(B * Hl * std::max<int64_t>(NV, 1), -1), slash(B * Hl * std::max<int64_t>(NS, 1), -1);
+    std::vector<int32_t> vcount(B * Hl), scount(B * Hl);
+    for (int64_t l = 0; l < B * Hl; ++l) {
+      std::set<int32_t> vs_, ss_;
+      const int64_t span = Sk + 20, dens = 1 + rng() % 4;
+      for (int64_t i = 0; i < NV; ++i) if (rng() % 4 < dens) vs_.insert(int32_t(rng() % span));
+      for (int64_t i = 0; i < NS; ++i) if (rng() % 4 < dens) ss_.insert(int32_t(rng() % span));
+      vcount[l] = int32_t(vs_.size()), scount[l] = int32_t(ss_.size());
+      std::copy(vs_.begin(), vs_.end(), vert.begin() + l * std::max<int64_t>(NV, 1));
+      std::copy(ss_.begin(), ss_.end(), slash.begin() + l * std::max<int64_t>(NS, 1));
+    }
+    VerticalSlashParams v;
+    v.vertical = vert.data(), v.vertical_count = vcount.data(), v.slash = slash.data(), v.slash_count = scount.data();
+    v.max_vertical = std::max<int64_t>(NV, 1), v.max_slash = std::max<int64_t>(NS, 1);
+    const int64_t hs = Hl == 1 ? 0 : 1;
+    v.vertical_stride[0] = Hl * v.max_vertical, v.vertical_stride[1] = hs * v.max_vertical;
+    v.slash_stride[0] = Hl * v.max_slash, v.slash_stride[1] = hs * v.max_slash;
+    v.vertical_count_stride[0] = v.slash_count_stride[0] = Hl;
+    v.vertical_count_stride[1] = v.slash_count_stride[1] = hs;
+    // what vs_build_index writes (bits per (b, h), index rows of 64 query rows) and what the
+    // binding sizes (capacities at least 1)
+    const int64_t words = VSBits::words(Sk), mb = (Sq + 63) / 64;
+    std::vector<uint64_t> bits(B * H * 2 * words, ~uint64_t(0));
+    VerticalSlashIndex idx;
+    idx.max_blocks = std::max<int64_t>(1, std::min<int64_t>(2 * (v.max_slash + 1), (Sk + 63) / 64));
+    idx.max_columns = std::max<int64_t>(1, v.max_vertical);
+    std::vector<int32_t> bc(B * H * mb, -9), cc(B * H * mb, -9), bo(B * H * mb * idx.max_blocks, -9),
+        ci(B * H * mb * idx.max_columns, -9);
+    idx.block_count = bc.data(), idx.column_count = cc.data(), idx.block_offset = bo.data(),
+    idx.column_index = ci.data();
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      int64_t nv = 0, ns = 0;
+      const int32_t* vl = vs_vertical_row(v, bh / H, bh % H, &nv);
+      const int32_t* sl = vs_slash_row(v, bh / H, bh % H, &ns);
+      VSBits::build(vl, nv, sl, ns, Sk, bits.data() + bh * 2 * words, bits.data() + bh * 2 * words + words);
+      const VSBits vb{bits.data() + bh * 2 * words, bits.data() + bh * 2 * words + words, Sk};
+      for (int64_t m = 0; m < mb; ++m) {
+        const int64_t i = bh * mb + m, p0 = m * 64 + off, p1 = std::min<int64_t>(p0 + 64, Sk);
+        vs_index_row(vb, vl, nv, p0, p1, p.causal ? p1 : Sk, 64, idx.max_blocks, idx.max_columns,
+                     idx.block_offset + i * idx.max_blocks, idx.column_index + i * idx.max_columns,
+                     idx.block_count + i, idx.column_count + i);
+        // the capacity bound: nothing dropped
+        std::vector<int32_t> all((Sk + 63) / 64 + 1);
+        CHECK(vb.key_blocks(p0, p1, 64, all.data()) == idx.block_count[i], "case %d: blocks dropped", it);
+      }
+    }
+    a.vs.bits = bits.data(), a.vs.words = words, a.vs.index = idx;
+    // first principles
+    std::vector<char> want(B * H * Sq * Sk, 0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t l = b * Hl + (Hl == 1 ? 0 : h);
+        const std::set<int64_t> cs(vert.begin() + l * v.max_vertical, vert.begin() + l * v.max_vertical + vcount[l]);
+        std::set<int64_t> ds(slash.begin() + l * v.max_slash, slash.begin() + l * v.max_slash + scount[l]);
+        ds.insert(0);
+        for (int64_t r = 0; r < Sq; ++r)
+          for (int64_t j = 0; j < Sk; ++j) {
+            const int64_t pos = r + off;
+            want[((b * H + h) * Sq + r) * Sk + j] =
+                (!p.causal || j <= pos) && (cs.count(j) || (pos >= j && ds.count(pos - j)));
+          }
+      }
+    replay(a, want, 1000 + it);
+    ++cases;
+  }
+  std::printf("  vertical-slash tile mask: %d problems\n", cases);
+}
+
 int main() {
   check_instance<pf::Traits<bfloat16_t, 64>>("bf16, head_dim 64");
   check_instance<pf::Traits<bfloat16_t, 128>>("bf16, head_dim 128");
@@ -317,6 +428,7 @@ int main() {
   check_instance<pf::Traits<half_t, 128>>("fp16, head_dim 128");
   check_walker();
   check_tile_mask();
+  check_vertical_slash();
   if (g_failures) {
     std::printf("prefill_layout_check: %d FAILED checks\n", g_failures);
     return 1;

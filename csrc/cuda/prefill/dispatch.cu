@@ -4,6 +4,7 @@
 
 #include "instances.cuh"
 #include "launch.h"
+#include "sparse_attn/vertical_slash.h"
 
 namespace sparse_attn::cuda {
 namespace {
@@ -36,6 +37,11 @@ cudaError_t prefill_forward(const PrefillArgs& args, cudaStream_t stream) {
   if (args.mode == PrefillMode::kBlockSparse &&
       (args.mask.block_q % 64 != 0 || args.mask.block_k % 64 != 0 || args.mask.block_q <= 0 ||
        args.mask.block_k <= 0))
+    return cudaErrorInvalidValue;
+  if (args.mode == PrefillMode::kVerticalSlash &&
+      (args.vs.bits == nullptr || args.vs.words != VSBits::words(p.seqlen_k) || args.vs.index.block_count == nullptr ||
+       args.vs.index.block_offset == nullptr || args.vs.index.column_count == nullptr ||
+       args.vs.index.column_index == nullptr || args.vs.index.max_blocks < 0 || args.vs.index.max_columns < 0))
     return cudaErrorInvalidValue;
   using prefill::launch_instance;
   if (p.dtype == DType::kBFloat16)

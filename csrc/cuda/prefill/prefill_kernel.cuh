@@ -1,7 +1,9 @@
 // The CUDA prefill kernel (FlashAttention-2 style, sm80+): one CTA = 64 query rows of one
 // (batch, query head); 4 warps of 16 rows each. The keys come as 64-key chunks from the
-// shared KeyChunkWalker (key_spans.h): a block-sparse row's block list, or the streaming
-// sink + window spans. Per chunk:
+// shared KeyChunkWalker (key_spans.h): a block-sparse row's block list, the streaming
+// sink + window spans, or a vertical-slash tile's key blocks (its row of the 64-row index
+// that vs_build_index made on the device) followed by its gathered columns, 64 at a time,
+// each row fetched by cp.async from its own key into the same shared tile. Per chunk:
 //   cp.async K/V of the next chunk into the other shared stage (2 stages, swizzled)
 //   S = Q K^T (m16n8k16, fp32), element mask only on chunks that need one (causal
 //   diagonal, window edge, sequence end), online softmax in registers (exp2),
@@ -48,6 +50,36 @@ __device__ __forceinline__ void load_rows(const GTensor& g, const STensor& s, in
   }
 }
 
+// Gathered rows: row r of the shared tile <- global row keys[r] (row c0 + r of the column
+// list `cols`, n entries), by the same cp.async partition as load_rows; rows past the list
+// are zero-filled. The thread that copies a row's first vector also records its key in
+// s_keys[r] (TileMask::kNoKey past the list), for the element mask.
+template <class Tr, class T, class STensor>
+__device__ __forceinline__ void gather_rows(const T* base, int64_t ld, const int32_t* cols, int64_t c0, int64_t n,
+                                            const STensor& s, int32_t* s_keys, int tid) {
+  constexpr int BN = Tr::kBlockN, D = Tr::kHeadDim;
+  typename Tr::GmemCopy gcopy;
+  auto thr = gcopy.get_thread_slice(tid);
+  // Row r of this view is global row r: a vector for key `key` is the row-r vector moved by
+  // (key - r) rows.
+  Tensor tg = thr.partition_S(make_tensor(make_gmem_ptr(base), make_shape(Int<BN>{}, Int<D>{}), make_stride(ld, _1{})));
+  Tensor ts = thr.partition_D(s);
+  Tensor tc = thr.partition_S(make_identity_tensor(make_shape(Int<BN>{}, Int<D>{})));
+  CUTE_UNROLL
+  for (int m = 0; m < size<1>(ts); ++m) {
+    const int r = get<0>(tc(0, m, 0));
+    const int32_t key = c0 + r < n ? cols[c0 + r] : TileMask::kNoKey;
+    if (get<1>(tc(0, m, 0)) == 0) s_keys[r] = key;
+    if (key != TileMask::kNoKey) {
+      CUTE_UNROLL
+      for (int k = 0; k < size<2>(ts); ++k)
+        copy(gcopy, make_tensor(tg(_, m, k).data() + int64_t(key - r) * ld, tg(_, m, k).layout()), ts(_, m, k));
+    } else {
+      clear(ts(_, m, _));
+    }
+  }
+}
+
 // Quad (4 lanes that share accumulator rows) reductions.
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -72,6 +104,12 @@ __device__ __forceinline__ void load_b_and_gemm(const Mma& mma, const TiledCopy&
   }
 }
 
+// Dynamic shared memory: Q, the K/V stages, then the gathered rows' keys of each stage.
+template <class Tr>
+constexpr int smem_bytes() {
+  return Tr::kSmemBytes + Tr::kStages * Tr::kBlockN * int(sizeof(int32_t));
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_constant__ PrefillArgs args) {
   using T = typename Tr::Element;
@@ -86,6 +124,20 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   const int rows = int(p.seqlen_q - q0 < BM ? p.seqlen_q - q0 : BM);
   const TileMask tmask = TileMask::of(args, q0, rows);
   KeyChunkWalker walk = tmask.walker(args, b, h, BN);
+  // Vertical-slash: the element-mask bitsets and the gathered columns (none otherwise).
+  int64_t ncols = 0;
+  const int32_t* cols = tmask.vertical_slash ? tmask.vs_columns_of(args, b, h, &ncols) : nullptr;
+  const VSBits vb = tmask.vertical_slash ? tmask.vs_bits(args, b, h) : VSBits{nullptr, nullptr, 0};
+  int64_t col_next = 0;
+  // The next chunk: keys [k, k + BN) for k >= 0; gathered columns [c, c + BN) of `cols`
+  // for k = -2 - c / BN; -1 when done.
+  auto next_chunk = [&]() -> int64_t {
+    const int64_t k = walk.next();
+    if (k >= 0 || col_next >= ncols) return k;
+    const int64_t c = col_next;
+    col_next += BN;
+    return -2 - c / BN;
+  };
 
   extern __shared__ __align__(1024) char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -108,7 +160,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   auto tile = [](const T* base, int64_t row0, int64_t ld) {
     return make_tensor(make_gmem_ptr(base + row0 * ld), make_shape(Int<BN>{}, Int<D>{}), make_stride(ld, _1{}));
   };
+  // Keys of the gathered rows in each stage (after the K/V stages).
+  int32_t* s_keys = reinterpret_cast<int32_t*>(smem_raw + Tr::kSmemBytes);
   auto load_kv = [&](int64_t k0, int stage) {
+    if (k0 <= -2) {
+      const int64_t c0 = (-2 - k0) * BN;
+      gather_rows<Tr>(K, p.k_stride[1], cols, c0, ncols, sK(stage), s_keys + stage * BN, tid);
+      gather_rows<Tr>(V, p.v_stride[1], cols, c0, ncols, sV(stage), s_keys + stage * BN, tid);
+      return;
+    }
     const int valid = int(p.seqlen_k - k0 < BN ? p.seqlen_k - k0 : BN);
     load_rows<Tr>(tile(K, k0, p.k_stride[1]), sK(stage), valid, tid);
     load_rows<Tr>(tile(V, k0, p.v_stride[1]), sV(stage), valid, tid);
@@ -117,8 +177,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   // Prologue: Q (group 0), first K/V chunk (group 1).
   load_rows<Tr>(tile(Q, q0, p.q_stride[1]), sQ, rows, tid);
   cp_async_fence();
-  int64_t k_cur = walk.next();
-  if (k_cur >= 0) load_kv(k_cur, 0);
+  int64_t k_cur = next_chunk();
+  if (k_cur != -1) load_kv(k_cur, 0);
   cp_async_fence();
 
   typename Tr::TiledMma mma;
@@ -151,9 +211,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   copy(q_tiled, q_copy.partition_S(sQ), q_copy.retile_D(rQ));
 
   int stage = 0;
-  while (k_cur >= 0) {
-    const int64_t k_next = walk.next();
-    if (k_next >= 0) load_kv(k_next, stage ^ 1);
+  while (k_cur != -1) {
+    const int64_t k_next = next_chunk();
+    if (k_next != -1) load_kv(k_next, stage ^ 1);
     cp_async_fence();   // (an empty group when there is no next chunk: the count stays uniform)
     cp_async_wait<1>();  // everything but the newest group: chunk k_cur is in stage
     __syncthreads();
@@ -165,7 +225,26 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
 
     // Element mask where the chunk is not visible to every row of the tile.
     Tensor s_rc = make_tensor(acc_s.data(), rowcol_view(acc_s.layout()));
-    if (!tmask.chunk_full(k_cur, k_cur + BN)) {
+    if (k_cur <= -2) {  // gathered columns: the causal mask by each row's recorded key
+      const int32_t* keys = s_keys + stage * BN;
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        const int64_t row = q0 + get<0>(c_s_rc(i, 0));
+        CUTE_UNROLL
+        for (int j = 0; j < size<1>(s_rc); ++j)
+          if (!tmask.column_visible(row, keys[get<1>(c_s_rc(i, j))])) s_rc(i, j) = -INFINITY;
+      }
+    } else if (tmask.vertical_slash) {  // a listed block: the head's bitsets
+      if (!tmask.vs_chunk_full(vb, k_cur)) {
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          const uint64_t bits = tmask.vs_row_bits(vb, q0 + get<0>(c_s_rc(i, 0)), k_cur);
+          CUTE_UNROLL
+          for (int j = 0; j < size<1>(s_rc); ++j)
+            if (!((bits >> get<1>(c_s_rc(i, j))) & 1)) s_rc(i, j) = -INFINITY;
+        }
+      }
+    } else if (!tmask.chunk_full(k_cur, k_cur + BN)) {
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         const int64_t row = q0 + get<0>(c_s_rc(i, 0));
@@ -237,10 +316,10 @@ cudaError_t launch(const PrefillArgs& args, cudaStream_t stream) {
   const int64_t tiles = (p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
   if (tiles == 0 || p.batch == 0 || p.heads_q == 0) return cudaSuccess;
   auto kernel = prefill_kernel<Tr>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  constexpr int kSmem = smem_bytes<Tr>();
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(unsigned(tiles), unsigned(p.heads_q), unsigned(p.batch)), Tr::kThreads, Tr::kSmemBytes, stream>>>(
-      args);
+  kernel<<<dim3(unsigned(tiles), unsigned(p.heads_q), unsigned(p.batch)), Tr::kThreads, kSmem, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -106,10 +106,12 @@ struct VSBits {
   // at some key position of [p0, p1) (a query block; p1 <= seqlen_k). Block n is crossed
   // iff some offset lies in [p0 - (n + 1) * block_k + 1, p1 - 1 - n * block_k]: a window
   // of (p1 - p0) + block_k - 1 bits of diag, so the cost does not grow with the number of
-  // offsets. Writes the ids ascending to `out` (room for ceil(p1 / block_k)); returns how many.
-  SA_HOST_DEVICE int64_t key_blocks(int64_t p0, int64_t p1, int64_t block_k, int32_t* out) const {
+  // offsets. Writes the ids ascending to `out` (room for min(max_out, ceil(p1 / block_k)));
+  // returns how many (at most max_out: the first max_out blocks).
+  SA_HOST_DEVICE int64_t key_blocks(int64_t p0, int64_t p1, int64_t block_k, int32_t* out,
+                                    int64_t max_out = INT64_MAX) const {
     int64_t n_out = 0;
-    for (int64_t n = 0; n * block_k < p1; ++n) {
+    for (int64_t n = 0; n * block_k < p1 && n_out < max_out; ++n) {
       const int64_t s_hi = p1 - 1 - n * block_k;
       const int64_t s_lo = p0 - (n + 1) * block_k + 1 > 0 ? p0 - (n + 1) * block_k + 1 : 0;
       if (s_lo > s_hi || s_hi < 0) continue;
@@ -145,6 +147,26 @@ struct VSBits {
     for (int64_t i = 0; i < ns; ++i) set_offset(slash[i]);
   }
 };
+
+// One row (query block [p0, p1) in key positions, p1 = min(p0 + block_size, seqlen_k)) of
+// the index that vertical_slash_index returns, written in place: the first keys of the
+// crossed key blocks (at most max_blocks; room for max_blocks in `offs`), the columns below
+// col_limit outside them (room for the list's capacity in `cols`), the padding zeroed.
+// The CUDA engine's index kernel runs it per row; it is the CPU op's row loop without the
+// scratch buffer (the block ids are written to `offs` and turned into keys last).
+// With max_blocks >= 2 * (distinct offsets + 1) nothing is dropped: a diagonal crosses at
+// most two blocks of a query block whose height is at most block_size.
+SA_HOST_DEVICE void vs_index_row(const VSBits& vb, const int32_t* vertical, int64_t nv, int64_t p0, int64_t p1,
+                                 int64_t col_limit, int64_t block_size, int64_t max_blocks, int64_t max_columns,
+                                 int32_t* offs, int32_t* cols, int32_t* block_count, int32_t* column_count) {
+  const int64_t nb = vb.key_blocks(p0, p1, block_size, offs, max_blocks);
+  const int64_t nc = vs_columns(vertical, nv, col_limit, offs, nb, block_size, cols);
+  for (int64_t j = 0; j < nb; ++j) offs[j] = static_cast<int32_t>(offs[j] * block_size);  // ids -> keys
+  for (int64_t j = nb; j < max_blocks; ++j) offs[j] = 0;
+  for (int64_t j = nc; j < max_columns; ++j) cols[j] = 0;
+  *block_count = static_cast<int32_t>(nb);
+  *column_count = static_cast<int32_t>(nc);
+}
 
 SA_ABI_END
 }  // namespace sparse_attn
