@@ -90,8 +90,20 @@ at::Tensor streaming_attention_cuda(const at::Tensor& q, const at::Tensor& k, co
   return lse;
 }
 
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+// The index on the device; returns the bitsets it was built from (the attention's element
+// mask; freed in stream order). Raises naming the kernel that failed and the op.
+at::Tensor build_index_on_device(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
+                           int64_t seqlen_k, int64_t block_size, bool col_limit_all, const VerticalSlashIndex& idx,
+                           const at::Tensor& like, const char* op) {
+  at::Tensor bits = at::empty({cuda::vs_bits_bytes(batch, heads, seqlen_k) / 8}, like.options().dtype(at::kLong));
+  const char* kernel = "vs_build_index";
+  const cudaError_t err =
+      cuda::vs_build_index(vs, batch, heads, seqlen_q, seqlen_k, block_size, col_limit_all,
+                           reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), idx, current_stream(like.device()),
+                           &kernel);
+  TORCH_CHECK(err == cudaSuccess, kernel, " (", op, ") failed: ", cudaGetErrorName(err), " (",
+              cudaGetErrorString(err), ")");
+  return bits;
 }
 
 // The lists on the device (made contiguous) and their parameters: the shared checks run on
@@ -138,17 +150,14 @@ at::Tensor vertical_slash_attention_cuda(const at::Tensor& q, const at::Tensor& 
   at::Tensor counts = at::empty({2, B * H * mb}, iopts);
   at::Tensor offsets = at::empty({B * H * mb, idx.max_blocks}, iopts);
   at::Tensor columns = at::empty({B * H * mb, idx.max_columns}, iopts);
-  at::Tensor bits = at::empty({cuda::vs_bits_bytes(B, H, Sk) / 8}, q.options().dtype(at::kLong));
   idx.block_count = counts.data_ptr<int32_t>();
   idx.column_count = idx.block_count + B * H * mb;
   idx.block_offset = offsets.data_ptr<int32_t>();
   idx.column_index = columns.data_ptr<int32_t>();
-  auto* bits_ptr = reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>());
-  check_cuda(cuda::vs_build_index(vs, B, H, Sq, Sk, 64, /*col_limit_all=*/!causal, bits_ptr, idx,
-                                  current_stream(q.device())),
-             "vs_bits_kernel / vs_index_kernel (vertical_slash_attention)");
+  const at::Tensor bits =
+      build_index_on_device(vs, B, H, Sq, Sk, 64, /*col_limit_all=*/!causal, idx, q, "vertical_slash_attention");
   args.mode = cuda::PrefillMode::kVerticalSlash;
-  args.vs.bits = bits_ptr;
+  args.vs.bits = reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>());
   args.vs.words = VSBits::words(Sk);
   args.vs.index = idx;
   run(args, q, k, v);
@@ -163,14 +172,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vertical_slash_index_
   VSIndexCall c = prepare_vs_index(d.vertical.cpu(), d.vertical_count.cpu(), d.slash.cpu(), d.slash_count.cpu(),
                                    seqlen_q, seqlen_k, block_size, vertical.device());
   use_device_lists(c.vs, d);
-  if (c.rows > 0) {
-    at::Tensor bits =
-        at::empty({cuda::vs_bits_bytes(c.batch, c.heads, seqlen_k) / 8}, vertical.options().dtype(at::kLong));
-    check_cuda(cuda::vs_build_index(c.vs, c.batch, c.heads, seqlen_q, seqlen_k, block_size, /*col_limit_all=*/false,
-                                    reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), c.idx,
-                                    current_stream(vertical.device())),
-               "vs_bits_kernel / vs_index_kernel (vertical_slash_index)");
-  }
+  if (c.rows > 0)
+    build_index_on_device(c.vs, c.batch, c.heads, seqlen_q, seqlen_k, block_size, /*col_limit_all=*/false, c.idx,
+                          vertical, "vertical_slash_index");
   return {c.block_count, c.block_offset, c.column_count, c.column_index};
 }
 

@@ -22,8 +22,8 @@ namespace {
 
 struct VerticalSlashPolicy {
   const VerticalSlashParams& vs;
-  const uint64_t* bits;  // per (b, h): cols words, then diag words
-  int64_t words, heads, seqlen_k, offset;
+  const uint64_t* bits;  // per (b, h): cols words, then diag words (VSBits::head_offset)
+  int64_t heads, seqlen_k, offset;
   bool causal;
   static constexpr int64_t tile_q = 64;
   static constexpr MaskKind kMask = MaskKind::kBits;
@@ -33,10 +33,7 @@ struct VerticalSlashPolicy {
   int64_t max_columns() const { return vs.max_vertical; }
   int64_t max_blocks() const { return ceil_div(seqlen_k, kChunk); }
 
-  VSBits head_bits(int64_t b, int64_t h) const {
-    const uint64_t* base = bits + (b * heads + h) * 2 * words;
-    return VSBits{base, base + words, seqlen_k};
-  }
+  VSBits head_bits(int64_t b, int64_t h) const { return VSBits::of_head(bits, b * heads + h, seqlen_k); }
   uint64_t span_bits(int64_t b, int64_t h, int64_t p, int64_t k0) const { return head_bits(b, h).row(p, k0); }
   bool chunk_full(int64_t b, int64_t h, int64_t p0, int64_t p1, int64_t k0) const {
     return head_bits(b, h).chunk_full(p0, p1, k0);
@@ -66,47 +63,31 @@ struct VerticalSlashPolicy {
   }
 };
 
+// The element-mask bitsets of every (batch, head), built once per call (VSBits::head_offset
+// layout, the one the CUDA engine's vs_bits_kernel writes).
+std::vector<uint64_t> build_all_bits(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_k) {
+  std::vector<uint64_t> bits(batch * heads * 2 * VSBits::words(seqlen_k));
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) VSBits::build_head(vs, bh / heads, bh % heads, heads, seqlen_k, bits.data());
+  });
+  return bits;
+}
+
 }  // namespace
 
 void vertical_slash_forward(const AttentionParams& p, const VerticalSlashParams& vs) {
-  // The element-mask bitsets of every (batch, query head), built once per call.
-  const int64_t words = VSBits::words(p.seqlen_k), BH = p.batch * p.heads_q;
-  std::vector<uint64_t> bits(BH * 2 * words);
-  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t nv = 0, ns = 0;
-      const int32_t* vertical = vs_vertical_row(vs, i / p.heads_q, i % p.heads_q, &nv);
-      const int32_t* slash = vs_slash_row(vs, i / p.heads_q, i % p.heads_q, &ns);
-      VSBits::build(vertical, nv, slash, ns, p.seqlen_k, bits.data() + i * 2 * words,
-                    bits.data() + i * 2 * words + words);
-    }
-  });
-  const VerticalSlashPolicy pol{vs, bits.data(), words, p.heads_q, p.seqlen_k, p.seqlen_k - p.seqlen_q, p.causal};
+  const std::vector<uint64_t> bits = build_all_bits(vs, p.batch, p.heads_q, p.seqlen_k);
+  const VerticalSlashPolicy pol{vs, bits.data(), p.heads_q, p.seqlen_k, p.seqlen_k - p.seqlen_q, p.causal};
   run_prefill_dispatch(p, pol);
 }
 
 void vertical_slash_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
                           int64_t seqlen_k, int64_t block_size, const VerticalSlashIndex& out) {
-  const int64_t mb = ceil_div(seqlen_q, block_size), offset = seqlen_k - seqlen_q;
-  const int64_t words = VSBits::words(seqlen_k);
-  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> bits(2 * words);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / heads, h = bh % heads;
-      int64_t ns = 0, nv = 0;
-      const int32_t* slash = vs_slash_row(vs, b, h, &ns);
-      const int32_t* vertical = vs_vertical_row(vs, b, h, &nv);
-      VSBits::build(vertical, nv, slash, ns, seqlen_k, bits.data(), bits.data() + words);
-      const VSBits vb{bits.data(), bits.data() + words, seqlen_k};
-      for (int64_t m = 0; m < mb; ++m) {
-        // The row loop the CUDA engine's index kernel runs too (vs_index_row).
-        const int64_t i = bh * mb + m;
-        const int64_t p0 = m * block_size + offset, p1 = std::min(p0 + block_size, seqlen_k);
-        vs_index_row(vb, vertical, nv, p0, p1, p1, block_size, out.max_blocks, out.max_columns,
-                     out.block_offset + i * out.max_blocks, out.column_index + i * out.max_columns,
-                     out.block_count + i, out.column_count + i);
-      }
-    }
+  const std::vector<uint64_t> bits = build_all_bits(vs, batch, heads, seqlen_k);
+  const VSIndexGeometry g{heads, seqlen_q, seqlen_k, block_size, /*col_limit_all=*/false};
+  // Row by row, as the CUDA engine's vs_index_kernel does (one thread per row).
+  at::parallel_for(0, batch * heads * g.blocks_q(), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) vs_index_flat_row(vs, g, bits.data(), i, out);
   });
 }
 

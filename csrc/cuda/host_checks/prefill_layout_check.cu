@@ -387,7 +387,7 @@ static void check_vertical_slash() {
       int64_t nv = 0, ns = 0;
       const int32_t* vl = vs_vertical_row(v, bh / H, bh % H, &nv);
       const int32_t* sl = vs_slash_row(v, bh / H, bh % H, &ns);
-      VSBits::build(vl, nv, sl, ns, Sk, bits.data() + bh * 2 * words, bits.data() + bh * 2 * words + words);
+      VSBits::build_head(v, bh / H, bh % H, H, Sk, bits.data());
       const VSBits vb{bits.data() + bh * 2 * words, bits.data() + bh * 2 * words + words, Sk};
       for (int64_t m = 0; m < mb; ++m) {
         const int64_t i = bh * mb + m, p0 = m * 64 + off, p1 = std::min<int64_t>(p0 + 64, Sk);

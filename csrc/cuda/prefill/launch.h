@@ -38,14 +38,15 @@ cudaError_t prefill_forward(const PrefillArgs& args, cudaStream_t stream);
 int64_t vs_bits_bytes(int64_t batch, int64_t heads, int64_t seqlen_k);
 
 // The vertical-slash index on the device, the CPU op's result to the bit: for every
-// (b, h) the VSBits of its lists into `bits` (vs_bits_bytes, any contents), then one thread
-// per (b, h, query block) runs vs_index_row (vertical_slash.h) into `out` ([batch, heads,
-// ceil(seqlen_q / block_size)] rows, contiguous). col_limit_all: columns up to seqlen_k
-// (non-causal attention) instead of the query block's end. Lists are device pointers.
-// Two kernels on `stream`; returns the first launch error.
+// (b, h) the VSBits of its lists into `bits` (vs_bits_bytes, any contents; vs_bits_kernel),
+// then one thread per (b, h, query block) runs vs_index_flat_row (vertical_slash.h) into
+// `out` ([batch, heads, ceil(seqlen_q / block_size)] rows, contiguous; vs_index_kernel).
+// col_limit_all: columns up to seqlen_k (non-causal attention) instead of the query block's
+// end. Lists are device pointers. Two kernels on `stream`; returns the first launch error,
+// and `*kernel` (if not null) names the kernel it belongs to.
 cudaError_t vs_build_index(const VerticalSlashParams& vs, int64_t batch, int64_t heads, int64_t seqlen_q,
                            int64_t seqlen_k, int64_t block_size, bool col_limit_all, uint64_t* bits,
-                           const VerticalSlashIndex& out, cudaStream_t stream);
+                           const VerticalSlashIndex& out, cudaStream_t stream, const char** kernel = nullptr);
 
 // True if prefill_forward has a kernel for this dtype and head_dim.
 bool prefill_supported(DType dtype, int64_t head_dim);

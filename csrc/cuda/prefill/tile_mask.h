@@ -33,8 +33,7 @@ struct TileMask {
   }
   // Vertical-slash: the element-mask bitsets of (b, h).
   SA_HOST_DEVICE VSBits vs_bits(const PrefillArgs& a, int64_t b, int64_t h) const {
-    const uint64_t* base = a.vs.bits + (b * a.p.heads_q + h) * 2 * a.vs.words;
-    return VSBits{base, base + a.vs.words, geo.seqlen_k};
+    return VSBits::of_head(a.vs.bits, b * a.p.heads_q + h, geo.seqlen_k);
   }
   // Vertical-slash: the tile's gathered columns (ascending, outside its key blocks).
   SA_HOST_DEVICE const int32_t* vs_columns_of(const PrefillArgs& a, int64_t b, int64_t h, int64_t* n) const {

@@ -130,21 +130,46 @@ struct VSBits {
     return lo >= 0 && hi <= 64 * words(seqlen_k) && all_set(diag, lo, hi);
   }
 
-  // Fills cols/diag (each words(seqlen_k) words) from the lists; entries out of range are
-  // ignored. Host-side helper (the CUDA engine builds them with atomics instead).
-  static void build(const int32_t* vertical, int64_t nv, const int32_t* slash, int64_t ns, int64_t seqlen_k,
-                    uint64_t* cols_out, uint64_t* diag_out) {
-    const int64_t nw = words(seqlen_k);
-    for (int64_t i = 0; i < nw; ++i) cols_out[i] = diag_out[i] = 0;
-    for (int64_t i = 0; i < nv; ++i)
-      if (vertical[i] >= 0 && vertical[i] < seqlen_k) cols_out[vertical[i] >> 6] |= uint64_t(1) << (vertical[i] & 63);
-    auto set_offset = [&](int64_t s) {
-      if (s < 0 || s >= seqlen_k) return;
+  // All (batch, head) bitsets of a call in one buffer: head bh's cols at head_offset(bh),
+  // its diag words right after (both engines and both index kernels use this layout).
+  SA_HOST_DEVICE static int64_t head_offset(int64_t bh, int64_t seqlen_k) { return bh * 2 * words(seqlen_k); }
+  SA_HOST_DEVICE static VSBits of_head(const uint64_t* all, int64_t bh, int64_t seqlen_k) {
+    const uint64_t* base = all + head_offset(bh, seqlen_k);
+    return VSBits{base, base + words(seqlen_k), seqlen_k};
+  }
+
+  // Sets, in zeroed cols/diag, the bits of the list entries first, first + step, ...: the
+  // columns vertical[0, nv), then the offsets 0 (always) and slash[0, ns) (entry i of the
+  // offsets is 0 for i = 0, else slash[i - 1]); out-of-range entries are skipped. Each bit
+  // goes through or_word(word pointer, mask): a plain |= on the host, atomicOr when the
+  // threads of a CTA share the words (vs_bits_kernel, first = thread, step = threads).
+  template <class OrWord>
+  SA_HOST_DEVICE static void set_bits(const int32_t* vertical, int64_t nv, const int32_t* slash, int64_t ns,
+                                      int64_t seqlen_k, uint64_t* cols, uint64_t* diag, int64_t first, int64_t step,
+                                      OrWord&& or_word) {
+    for (int64_t i = first; i < nv; i += step) {
+      const int64_t j = vertical[i];
+      if (j >= 0 && j < seqlen_k) or_word(cols + (j >> 6), uint64_t(1) << (j & 63));
+    }
+    for (int64_t i = first; i <= ns; i += step) {
+      const int64_t s = i == 0 ? 0 : slash[i - 1];
+      if (s < 0 || s >= seqlen_k) continue;
       const int64_t bit = seqlen_k - 1 - s;
-      diag_out[bit >> 6] |= uint64_t(1) << (bit & 63);
-    };
-    set_offset(0);
-    for (int64_t i = 0; i < ns; ++i) set_offset(slash[i]);
+      or_word(diag + (bit >> 6), uint64_t(1) << (bit & 63));
+    }
+  }
+
+  // Head (b, h) of `all` (head_offset layout, bh = b * heads + h) built from its lists on
+  // the host, serially (the CPU engine, and host_checks as the reference).
+  static void build_head(const VerticalSlashParams& vs, int64_t b, int64_t h, int64_t heads, int64_t seqlen_k,
+                         uint64_t* all) {
+    uint64_t* cols = all + head_offset(b * heads + h, seqlen_k);
+    const int64_t nw = words(seqlen_k);
+    for (int64_t i = 0; i < 2 * nw; ++i) cols[i] = 0;
+    int64_t nv = 0, ns = 0;
+    const int32_t* vertical = vs_vertical_row(vs, b, h, &nv);
+    const int32_t* slash = vs_slash_row(vs, b, h, &ns);
+    set_bits(vertical, nv, slash, ns, seqlen_k, cols, cols + nw, 0, 1, [](uint64_t* w, uint64_t m) { *w |= m; });
   }
 };
 
@@ -152,8 +177,8 @@ struct VSBits {
 // the index that vertical_slash_index returns, written in place: the first keys of the
 // crossed key blocks (at most max_blocks; room for max_blocks in `offs`), the columns below
 // col_limit outside them (room for the list's capacity in `cols`), the padding zeroed.
-// The CUDA engine's index kernel runs it per row; it is the CPU op's row loop without the
-// scratch buffer (the block ids are written to `offs` and turned into keys last).
+// Both engines run it per row through vs_index_flat_row (the block ids are written to
+// `offs` and turned into keys last, so no scratch buffer is needed).
 // With max_blocks >= 2 * (distinct offsets + 1) nothing is dropped: a diagonal crosses at
 // most two blocks of a query block whose height is at most block_size.
 SA_HOST_DEVICE void vs_index_row(const VSBits& vb, const int32_t* vertical, int64_t nv, int64_t p0, int64_t p1,
@@ -166,6 +191,31 @@ SA_HOST_DEVICE void vs_index_row(const VSBits& vb, const int32_t* vertical, int6
   for (int64_t j = nc; j < max_columns; ++j) cols[j] = 0;
   *block_count = static_cast<int32_t>(nb);
   *column_count = static_cast<int32_t>(nc);
+}
+
+// The shape of a vertical-slash index: per (batch, head), ceil(seqlen_q / block_size) rows
+// of block_size queries (bottom-right aligned), numbered flat: row i = (b * heads + h) *
+// blocks_q() + m. col_limit_all: a row's columns run up to seqlen_k (non-causal attention)
+// instead of up to its last key position (vertical_slash_index, causal attention).
+struct VSIndexGeometry {
+  int64_t heads, seqlen_q, seqlen_k, block_size;
+  bool col_limit_all;
+
+  SA_HOST_DEVICE int64_t blocks_q() const { return (seqlen_q + block_size - 1) / block_size; }
+};
+
+// Flat row i of the index from the bitsets of every head (`all`, VSBits::head_offset layout):
+// what the CPU op runs for each row and the CUDA index kernel runs as thread i.
+SA_HOST_DEVICE void vs_index_flat_row(const VerticalSlashParams& vs, const VSIndexGeometry& g, const uint64_t* all,
+                                      int64_t i, const VerticalSlashIndex& out) {
+  const int64_t mb = g.blocks_q(), bh = i / mb, m = i % mb;
+  int64_t nv = 0;
+  const int32_t* vertical = vs_vertical_row(vs, bh / g.heads, bh % g.heads, &nv);
+  const int64_t p0 = m * g.block_size + (g.seqlen_k - g.seqlen_q);
+  const int64_t p1 = p0 + g.block_size < g.seqlen_k ? p0 + g.block_size : g.seqlen_k;
+  vs_index_row(VSBits::of_head(all, bh, g.seqlen_k), vertical, nv, p0, p1, g.col_limit_all ? g.seqlen_k : p1,
+               g.block_size, out.max_blocks, out.max_columns, out.block_offset + i * out.max_blocks,
+               out.column_index + i * out.max_columns, out.block_count + i, out.column_count + i);
 }
 
 SA_ABI_END
