@@ -22,6 +22,7 @@
 #include "instances.cuh"
 #include "launch.h"
 #include "prefill_traits.cuh"
+#include "tile_loads.cuh"
 #include "tile_mask.h"
 #include "sparse_attn/softmax_state.h"
 
@@ -31,54 +32,13 @@ using namespace cute;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Rows [0, valid_rows) of a (rows x head_dim) global tile -> shared by cp.async; the other
-// rows are zero-filled (masked keys then have V = 0, so P = 0 never meets garbage).
-template <class Tr, class GTensor, class STensor>
-__device__ __forceinline__ void load_rows(const GTensor& g, const STensor& s, int valid_rows, int tid) {
-  typename Tr::GmemCopy gcopy;
-  auto thr = gcopy.get_thread_slice(tid);
-  Tensor tg = thr.partition_S(g);  // (CPY, CPY_M, CPY_K)
-  Tensor ts = thr.partition_D(s);
-  Tensor tc = thr.partition_S(make_identity_tensor(make_shape(size<0>(s), size<1>(s))));
-  CUTE_UNROLL
-  for (int m = 0; m < size<1>(ts); ++m) {
-    if (get<0>(tc(0, m, 0)) < valid_rows) {
-      copy(gcopy, tg(_, m, _), ts(_, m, _));
-    } else {
-      clear(ts(_, m, _));
-    }
+// One 16-byte global -> shared vector by cp.async (the copy of tile_loads.cuh's loads).
+struct CpAsyncVec {
+  template <class TiledCopy, class Src, class Dst>
+  __device__ __forceinline__ void operator()(const TiledCopy& tiled, const Src& src, Dst&& dst) const {
+    copy(tiled, src, static_cast<Dst&&>(dst));
   }
-}
-
-// Gathered rows: row r of the shared tile <- global row keys[r] (row c0 + r of the column
-// list `cols`, n entries), by the same cp.async partition as load_rows; rows past the list
-// are zero-filled. The thread that copies a row's first vector also records its key in
-// s_keys[r] (TileMask::kNoKey past the list), for the element mask.
-template <class Tr, class T, class STensor>
-__device__ __forceinline__ void gather_rows(const T* base, int64_t ld, const int32_t* cols, int64_t c0, int64_t n,
-                                            const STensor& s, int32_t* s_keys, int tid) {
-  constexpr int BN = Tr::kBlockN, D = Tr::kHeadDim;
-  typename Tr::GmemCopy gcopy;
-  auto thr = gcopy.get_thread_slice(tid);
-  // Row r of this view is global row r: a vector for key `key` is the row-r vector moved by
-  // (key - r) rows.
-  Tensor tg = thr.partition_S(make_tensor(make_gmem_ptr(base), make_shape(Int<BN>{}, Int<D>{}), make_stride(ld, _1{})));
-  Tensor ts = thr.partition_D(s);
-  Tensor tc = thr.partition_S(make_identity_tensor(make_shape(Int<BN>{}, Int<D>{})));
-  CUTE_UNROLL
-  for (int m = 0; m < size<1>(ts); ++m) {
-    const int r = get<0>(tc(0, m, 0));
-    const int32_t key = c0 + r < n ? cols[c0 + r] : TileMask::kNoKey;
-    if (get<1>(tc(0, m, 0)) == 0) s_keys[r] = key;
-    if (key != TileMask::kNoKey) {
-      CUTE_UNROLL
-      for (int k = 0; k < size<2>(ts); ++k)
-        copy(gcopy, make_tensor(tg(_, m, k).data() + int64_t(key - r) * ld, tg(_, m, k).layout()), ts(_, m, k));
-    } else {
-      clear(ts(_, m, _));
-    }
-  }
-}
+};
 
 // Quad (4 lanes that share accumulator rows) reductions.
 __device__ __forceinline__ float quad_max(float x) {
@@ -115,6 +75,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   using T = typename Tr::Element;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, D = Tr::kHeadDim;
   static_assert(BM == BN, "Q and K/V tiles share the global tile view below");
+  static_assert(BN == 64, "TileChunks and the vertical-slash index (64-row tiles) assume 64-key chunks");
   const AttentionParams& p = args.p;
   const int tid = threadIdx.x;
   const int64_t num_tiles = (p.seqlen_q + BM - 1) / BM;
@@ -123,21 +84,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   const int64_t q0 = m * BM;
   const int rows = int(p.seqlen_q - q0 < BM ? p.seqlen_q - q0 : BM);
   const TileMask tmask = TileMask::of(args, q0, rows);
-  KeyChunkWalker walk = tmask.walker(args, b, h, BN);
-  // Vertical-slash: the element-mask bitsets and the gathered columns (none otherwise).
-  int64_t ncols = 0;
-  const int32_t* cols = tmask.vertical_slash ? tmask.vs_columns_of(args, b, h, &ncols) : nullptr;
+  // The tile's chunks: its key chunks, then (vertical-slash) its gathered column tiles.
+  TileChunks chunks{tmask.walker(args, b, h, BN)};
+  const int32_t* cols = tmask.vertical_slash ? tmask.vs_columns_of(args, b, h, &chunks.ncols) : nullptr;
   const VSBits vb = tmask.vertical_slash ? tmask.vs_bits(args, b, h) : VSBits{nullptr, nullptr, 0};
-  int64_t col_next = 0;
-  // The next chunk: keys [k, k + BN) for k >= 0; gathered columns [c, c + BN) of `cols`
-  // for k = -2 - c / BN; -1 when done.
-  auto next_chunk = [&]() -> int64_t {
-    const int64_t k = walk.next();
-    if (k >= 0 || col_next >= ncols) return k;
-    const int64_t c = col_next;
-    col_next += BN;
-    return -2 - c / BN;
-  };
 
   extern __shared__ __align__(1024) char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -163,21 +113,21 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
   // Keys of the gathered rows in each stage (after the K/V stages).
   int32_t* s_keys = reinterpret_cast<int32_t*>(smem_raw + Tr::kSmemBytes);
   auto load_kv = [&](int64_t k0, int stage) {
-    if (k0 <= -2) {
-      const int64_t c0 = (-2 - k0) * BN;
-      gather_rows<Tr>(K, p.k_stride[1], cols, c0, ncols, sK(stage), s_keys + stage * BN, tid);
-      gather_rows<Tr>(V, p.v_stride[1], cols, c0, ncols, sV(stage), s_keys + stage * BN, tid);
+    if (TileChunks::gathered(k0)) {
+      const int64_t c0 = TileChunks::first_column(k0);
+      gather_rows<Tr>(K, p.k_stride[1], cols, c0, chunks.ncols, sK(stage), s_keys + stage * BN, tid, CpAsyncVec{});
+      gather_rows<Tr>(V, p.v_stride[1], cols, c0, chunks.ncols, sV(stage), s_keys + stage * BN, tid, CpAsyncVec{});
       return;
     }
     const int valid = int(p.seqlen_k - k0 < BN ? p.seqlen_k - k0 : BN);
-    load_rows<Tr>(tile(K, k0, p.k_stride[1]), sK(stage), valid, tid);
-    load_rows<Tr>(tile(V, k0, p.v_stride[1]), sV(stage), valid, tid);
+    load_rows<Tr>(tile(K, k0, p.k_stride[1]), sK(stage), valid, tid, CpAsyncVec{});
+    load_rows<Tr>(tile(V, k0, p.v_stride[1]), sV(stage), valid, tid, CpAsyncVec{});
   };
 
   // Prologue: Q (group 0), first K/V chunk (group 1).
-  load_rows<Tr>(tile(Q, q0, p.q_stride[1]), sQ, rows, tid);
+  load_rows<Tr>(tile(Q, q0, p.q_stride[1]), sQ, rows, tid, CpAsyncVec{});
   cp_async_fence();
-  int64_t k_cur = next_chunk();
+  int64_t k_cur = chunks.next();
   if (k_cur != -1) load_kv(k_cur, 0);
   cp_async_fence();
 
@@ -212,7 +162,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
 
   int stage = 0;
   while (k_cur != -1) {
-    const int64_t k_next = next_chunk();
+    const int64_t k_next = chunks.next();
     if (k_next != -1) load_kv(k_next, stage ^ 1);
     cp_async_fence();   // (an empty group when there is no next chunk: the count stays uniform)
     cp_async_wait<1>();  // everything but the newest group: chunk k_cur is in stage
@@ -225,7 +175,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) prefill_kernel(const __grid_c
 
     // Element mask where the chunk is not visible to every row of the tile.
     Tensor s_rc = make_tensor(acc_s.data(), rowcol_view(acc_s.layout()));
-    if (k_cur <= -2) {  // gathered columns: the causal mask by each row's recorded key
+    if (TileChunks::gathered(k_cur)) {  // gathered columns: the causal mask by each row's recorded key
       const int32_t* keys = s_keys + stage * BN;
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {

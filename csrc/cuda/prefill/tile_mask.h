@@ -74,10 +74,12 @@ struct TileMask {
     return geo.tile_fully_visible(q0, k0 + 64) && vb.chunk_full(geo.key_pos(q0), geo.key_pos(q_last) + 1, k0);
   }
   // Vertical-slash: bit t set iff row `row` sees key k0 + t of a listed block (the CPU
-  // engine's span_bits under low_bits(key_end - k0)).
+  // engine's span_bits under low_bits(key_end - k0)). Rows past the tile's last real row
+  // (the padding of a ragged last tile) see nothing: their key position may lie past the
+  // sequence, where VSBits::row must not be asked.
   SA_HOST_DEVICE uint64_t vs_row_bits(const VSBits& vb, int64_t row, int64_t k0) const {
     const int64_t e = geo.key_end(row);
-    if (e <= k0) return 0;
+    if (e <= k0 || row > q_last) return 0;
     const uint64_t bits = vb.row(geo.key_pos(row), k0);
     return e - k0 >= 64 ? bits : bits & ((uint64_t(1) << (e - k0)) - 1);
   }
@@ -88,6 +90,25 @@ struct TileMask {
   SA_HOST_DEVICE bool visible(int64_t row, int64_t key) const {
     return key < geo.key_end(row) && (!streaming || streaming_visible(stream, geo.key_pos(row), key));
   }
+};
+
+// The chunks of one tile in the kernel's order: the walker's 64-key chunks (first key
+// k >= 0), then, for vertical-slash, the tile's gathered columns 64 list entries at a time
+// (encoded as k = -2 - t for the tile of entries [64 t, 64 t + 64)), then -1.
+struct TileChunks {
+  KeyChunkWalker walk;
+  int64_t ncols = 0, col_next = 0;
+
+  SA_HOST_DEVICE int64_t next() {
+    const int64_t k = walk.next();
+    if (k >= 0 || col_next >= ncols) return k;
+    const int64_t t = col_next / 64;
+    col_next += 64;
+    return -2 - t;
+  }
+  SA_HOST_DEVICE static bool gathered(int64_t k) { return k <= -2; }
+  // First list entry of a gathered chunk.
+  SA_HOST_DEVICE static int64_t first_column(int64_t k) { return (-2 - k) * 64; }
 };
 
 }  // namespace sparse_attn::cuda::prefill
