@@ -23,6 +23,19 @@ def skip_if_no_engine(device):
         pytest.skip("the CUDA attention kernels are not built yet (compiled smoke kernel only)")
 
 
+def skip_unless_prefill_kernel(device, dtype, head_dim):
+    """CPU: every case runs. CUDA: the cases the CUDA prefill kernel has (bfloat16/float16,
+    head_dim 64/128, the CUDA engine compiled); others skip (they raise ValueError there)."""
+    if device != "cuda":
+        return
+    from sparse_attn import _C
+
+    if not _C.cuda_compiled:
+        pytest.skip("the CUDA engine is not compiled in")
+    if dtype not in (torch.bfloat16, torch.float16) or head_dim not in (64, 128):
+        pytest.skip(f"the CUDA prefill kernel has no {dtype} / head_dim {head_dim} instance")
+
+
 def randn(shape, dtype, device="cpu", gen=None):
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
 

@@ -16,7 +16,7 @@ from sparse_attn.masks import BlockSparseMask
 from sparse_attn.vertical_slash import vertical_slash_attention, vertical_slash_index
 
 from conftest import CUDA_OK, assert_close_2x, assert_lse_close, poisoned_like, qkv, same_precision_attention
-from test_vertical_slash import random_lists
+from test_vertical_slash import ATTENTION_SHAPES, LIST_SIZES, random_lists
 
 pytestmark = [
     pytest.mark.cuda,
@@ -148,37 +148,58 @@ def test_streaming(dtype, Sq, Sk, Hq, Hkv, D, sink, window):
     assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
 
 
-def check_vertical_slash(q, k, v, vertical, slash, causal, dtype, what):
-    """CUDA output vs the float64 reference (2x rule) and vs the CPU engine."""
+def check_vertical_slash(q, k, v, vertical, slash, causal, dtype, what, scale=None):
+    """CUDA output vs the float64 reference (2x rule) and vs the CPU engine; rows that see no
+    key must be exactly zero with lse -inf. Returns (out, lse)."""
     out = poisoned_like(q)
-    res, lse = vertical_slash_attention(q, k, v, vertical, slash, causal=causal, return_lse=True, out=out)
+    res, lse = vertical_slash_attention(q, k, v, vertical, slash, causal=causal, scale=scale, return_lse=True,
+                                        out=out)
     torch.cuda.synchronize()
     assert res is out and out.is_cuda and lse.is_cuda
     qc, kc, vc, vl, sl = q.cpu(), k.cpu(), v.cpu(), vertical.cpu(), slash.cpu()
-    out_ref, lse_ref = ref.vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal, return_lse=True)
+    out_ref, lse_ref = ref.vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal, scale=scale, return_lse=True)
     dense = ref.vertical_slash_dense_mask(vl, sl, q.shape[1], k.shape[1], causal=causal)
-    out_pt = same_precision_attention(qc, kc, vc, dense)
+    out_pt = same_precision_attention(qc, kc, vc, dense, scale=scale)
     assert_close_2x(out.cpu(), out_ref, out_pt, dtype, what)
     assert_lse_close(lse.cpu(), lse_ref, what)
-    out_cpu = vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal)
+    empty = ~dense.expand(q.shape[0], q.shape[2], -1, -1).any(-1)  # [B, Hq, Sq]
+    assert (out.cpu().transpose(1, 2)[empty] == 0).all(), f"{what}: empty rows are not zero"
+    assert (lse.cpu()[empty] == -math.inf).all(), f"{what}: empty rows' lse is not -inf"
+    out_cpu = vertical_slash_attention(qc, kc, vc, vl, sl, causal=causal, scale=scale)
     assert_close_2x(out.cpu(), out_cpu.double(), out_pt, dtype, what + " vs CPU engine")
+    return out, lse
+
+
+# The CPU engine's cases (tests/test_vertical_slash.py; head_dim 32 runs as 64 here), then
+# CUDA-specific ones.
+VS_CASES = [(B, Sq, Sk, Hq, Hkv, D if D in (64, 128) else 64, NV, NS, True)
+            for B, Sq, Sk, Hq, Hkv, D in ATTENTION_SHAPES for NV, NS in LIST_SIZES] + [
+    (1, 1000, 1100, 2, 1, 64, 300, 40, True),   # many chunks and columns: the 2-stage pipeline, 5 column tiles
+    (1, 256, 320, 2, 1, 128, 20, 10, False),    # not causal: columns past the diagonal
+    (1, 250, 180, 2, 1, 64, 20, 10, False),     # not causal, Sq > Sk: the first rows see columns only
+    (1, 250, 180, 2, 2, 128, 0, 7, False),      # not causal, Sq > Sk, no columns: empty rows
+    (1, 320, 320, 2, 2, 64, 500, 500, True),    # budgets past the sequence: dense causal
+    (2, 64, 64, 2, 2, 128, 5, 5, True),         # a single tile
+    (1, 1, 77, 2, 1, 64, 9, 4, True),           # one query row, bottom-right
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D,NV,NS,causal", [
-    (2, 300, 300, 4, 2, 64, 10, 8, True),       # GQA, batch 2, ragged
-    (1, 130, 401, 2, 1, 128, 70, 3, True),      # Sq < Sk, many columns: gathered tiles of 64
-    (1, 250, 180, 2, 2, 64, 3, 90, True),       # Sq > Sk: the first rows see no key (zeros, lse -inf)
-    (1, 200, 200, 4, 4, 128, 0, 0, True),       # empty lists: the main diagonal only
-    (1, 1000, 1100, 2, 1, 64, 300, 40, True),   # many chunks and columns: the 2-stage pipeline
-    (1, 256, 320, 2, 1, 128, 20, 10, False),    # not causal: columns past the diagonal
-    (1, 320, 320, 2, 2, 64, 500, 500, True),    # budgets past the sequence: dense causal
-])
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D,NV,NS,causal", VS_CASES)
 def test_vertical_slash(dtype, B, Sq, Sk, Hq, Hkv, D, NV, NS, causal):
     q, k, v = qkv(B, Sq, Sk, Hq, Hkv, D, dtype, "cuda", seed=Sq + NV)
     vertical, slash = random_lists(B, Hq, NV, NS, Sk, seed=Sk + NS)
     check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), causal, dtype,
-                         f"vertical-slash {Sq}x{Sk} NV={NV} NS={NS} causal={causal}")
+                         f"vertical-slash {Sq}x{Sk} D={D} NV={NV} NS={NS} causal={causal}")
+
+
+def test_vertical_slash_empty_rows_are_zero():
+    """Sq > Sk, causal: the first Sq - Sk rows see no key at all."""
+    q, k, v = qkv(1, 250, 180, 2, 1, 64, torch.bfloat16, "cuda", seed=1)
+    vertical, slash = random_lists(1, 2, 12, 6, 180, seed=2)
+    out, lse = check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), True, torch.bfloat16, "empty rows")
+    assert (out[:, :70] == 0).all() and (lse[:, :, :70] == -math.inf).all()
+    assert torch.isfinite(lse[:, :, 70:]).all()
 
 
 def test_vertical_slash_broadcast_lists_and_strided_inputs():
@@ -186,18 +207,104 @@ def test_vertical_slash_broadcast_lists_and_strided_inputs():
     q, k, v = qkv(B, S, S, Hq, Hkv, D, torch.bfloat16, "cuda", seed=5, layout="bhsd")  # HF layout, strided
     vertical, slash = random_lists(1, 1, 30, 12, S, seed=6)
     check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), True, torch.bfloat16, "broadcast lists")
+    vertical, slash = random_lists(1, Hq, 30, 12, S, seed=7)  # per-head columns, batch-broadcast
+    check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda()[:, :1], True, torch.bfloat16, "broadcast batch",
+                         scale=0.3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vertical_slash_budget_past_sequence_equals_dense_sdpa(dtype):
+    B, S, Hq, Hkv, D = 1, 333, 4, 2, 128
+    q, k, v = qkv(B, S, S, Hq, Hkv, D, dtype, "cuda", seed=11)
+    vertical = torch.arange(S + 10, dtype=torch.int32, device="cuda").expand(B, Hq, -1)
+    slash = vertical.flip(-1)
+    out = vertical_slash_attention(q, k, v, vertical, slash)
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    want = torch.nn.functional.scaled_dot_product_attention(t(q.double()), t(k.double()), t(v.double()),
+                                                            is_causal=True, enable_gqa=True)
+    out_pt = torch.nn.functional.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True, enable_gqa=True)
+    assert_close_2x(out.cpu(), t(want).cpu(), t(out_pt).cpu(), dtype, "vertical-slash budget past sequence")
 
 
 @pytest.mark.parametrize("Sq,Sk,bs", [(300, 300, 64), (130, 401, 64), (250, 180, 64), (257, 257, 128),
-                                      (100, 100, 16), (333, 333, 100), (5, 0, 64)])
+                                      (100, 100, 16), (333, 333, 100), (5, 0, 64), (70, 70, 1)])
 @pytest.mark.parametrize("NV,NS", [(7, 5), (40, 60), (0, 0), (600, 600)])
 def test_vertical_slash_index_equals_cpu(Sq, Sk, bs, NV, NS):
-    """The device conversion (vs_index_row per row) gives the CPU op's tensors, bit for bit."""
+    """The device conversion (vs_index_flat_row per row) gives the CPU op's tensors, bit for bit."""
     vertical, slash = random_lists(2, 3, NV, NS, max(Sk, 1), seed=Sq + NV + bs)
     got = vertical_slash_index(vertical.cuda(), slash.cuda(), seqlen_q=Sq, seqlen_k=Sk, block_size=bs)
     want = vertical_slash_index(vertical, slash, seqlen_q=Sq, seqlen_k=Sk, block_size=bs)
     for g, w in zip(got, want):
-        assert g.is_cuda and g.dtype == w.dtype and torch.equal(g.cpu(), w)
+        assert g.is_cuda and g.dtype == w.dtype and g.shape == w.shape and torch.equal(g.cpu(), w)
+
+
+def _raw_lists(entries, heads, count):
+    lst = torch.tensor([[entries]], dtype=torch.int32).expand(1, heads, -1).contiguous()
+    return lst, torch.full((1, heads), count, dtype=torch.int32)
+
+
+def test_vertical_slash_raw_op_validates_and_stays_in_bounds_like_cpu():
+    """The op itself (no Python normalization), as on the CPU: repeated and too large entries
+    and counts past the capacity are tolerated (the same pattern as the normalized lists),
+    unsorted ones stay in bounds, negative ones raise; the index op agrees with the CPU's."""
+    q, k, v = qkv(1, 200, 200, 2, 1, 64, torch.bfloat16, "cuda", seed=2)
+    op = torch.ops.sparse_attn
+    lst, cnt = _raw_lists([1, 3, 3, 7, 90, 500], 2, 99)  # ascending, a repeat, one past the end, count > 6
+    out = poisoned_like(q)
+    op.vertical_slash_attention(q, k, v, out, lst.cuda(), cnt.cuda(), lst.cuda(), cnt.cuda(), True, 0.125)
+    torch.cuda.synchronize()
+    qc, kc, vc = q.cpu(), k.cpu(), v.cpu()
+    out_ref = ref.vertical_slash_attention(qc, kc, vc, lst, lst, scale=0.125)
+    out_pt = same_precision_attention(qc, kc, vc, ref.vertical_slash_dense_mask(lst, lst, 200, 200), scale=0.125)
+    assert_close_2x(out.cpu(), out_ref, out_pt, torch.bfloat16, "raw op, repeats and entries past the end")
+    # Unsorted lists: the pattern is what the shared code makes of them, on either engine;
+    # the CPU engine in float32 on the same inputs is the reference, in bfloat16 the yardstick.
+    for args in ((lst, cnt, lst, cnt), _raw_lists([90, 7, 3, 3, 500, 1], 2, 99) * 2):
+        dev = [t.cuda() for t in args]
+        out = poisoned_like(q)
+        op.vertical_slash_attention(q, k, v, out, *dev, True, 0.125)
+        out_cpu, out_cpu32 = torch.empty_like(qc), torch.empty(qc.shape)
+        op.vertical_slash_attention(qc, kc, vc, out_cpu, *args, True, 0.125)
+        op.vertical_slash_attention(qc.float(), kc.float(), vc.float(), out_cpu32, *args, True, 0.125)
+        assert_close_2x(out.cpu(), out_cpu32.double(), out_cpu, torch.bfloat16, "raw op vs CPU engine")
+        for g, w in zip(op.vertical_slash_index(*dev, 200, 200, 64), op.vertical_slash_index(*args, 200, 200, 64)):
+            assert torch.equal(g.cpu(), w)
+    neg = lst.clone()
+    neg[0, 1, 4] = -3
+    with pytest.raises(ValueError, match="slash holds negative"):
+        op.vertical_slash_attention(q, k, v, out, lst.cuda(), cnt.cuda(), neg.cuda(), cnt.cuda(), True, 0.125)
+    with pytest.raises(ValueError, match="vertical holds negative"):
+        op.vertical_slash_index(neg.cuda(), cnt.cuda(), lst.cuda(), cnt.cuda(), 200, 200, 64)
+
+
+def test_vertical_slash_errors_on_cuda():
+    q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.bfloat16, "cuda")
+    vertical, slash = random_lists(1, 2, 5, 5, 128, seed=1)
+    with pytest.raises(ValueError, match="must be on device"):  # lists left on the CPU
+        vertical_slash_attention(q, k, v, vertical, slash)
+    q32, k32, v32 = qkv(1, 128, 128, 2, 2, 64, torch.float32, "cuda")
+    with pytest.raises(ValueError, match="bfloat16 and float16"):
+        vertical_slash_attention(q32, k32, v32, vertical.cuda(), slash.cuda())
+    q80, k80, v80 = qkv(1, 128, 128, 2, 2, 80, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        vertical_slash_attention(q80, k80, v80, vertical.cuda(), slash.cuda())
+    with pytest.raises(ValueError, match="head"):  # 3 list heads for 2 query heads
+        vertical_slash_attention(q, k, v, torch.zeros(1, 3, 2, dtype=torch.int32, device="cuda"), slash.cuda())
+
+
+def test_vertical_slash_current_stream_is_used():
+    """The index kernels and the attention run on the caller's stream, in order."""
+    q, k, v = qkv(1, 1024, 1024, 4, 2, 128, torch.bfloat16, "cuda", seed=9)
+    vertical, slash = (t.cuda() for t in random_lists(1, 4, 200, 100, 1024, seed=9))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out = vertical_slash_attention(q, k, v, vertical, slash)
+        idx = vertical_slash_index(vertical, slash, seqlen_q=1024, seqlen_k=1024)
+    s.synchronize()
+    assert torch.equal(out, vertical_slash_attention(q, k, v, vertical, slash))
+    for g, w in zip(idx, vertical_slash_index(vertical, slash, seqlen_q=1024, seqlen_k=1024)):
+        assert torch.equal(g, w)
 
 
 def test_unsupported_cases_raise_clearly():
@@ -238,6 +345,10 @@ def test_smoke_small_case_for_sanitizers():
     mask = BlockSparseMask.from_dense(block_map(1, 2, 3, 4, 0.6, seed=3).cuda(), 64)
     check_block_sparse(q, k, v, mask, True, torch.bfloat16, "sanitizer case")
     sparse_attn.streaming_attention(q, k, v, sink_tokens=10, window_tokens=70)
-    vertical, slash = random_lists(1, 2, 80, 6, 200, seed=7)
+    vertical, slash = random_lists(1, 2, 80, 6, 200, seed=7)  # 80 columns: two gathered tiles, the second ragged
     check_vertical_slash(q, k, v, vertical.cuda(), slash.cuda(), True, torch.bfloat16, "sanitizer case (vs)")
+    q2 = qkv(1, 150, 200, 2, 1, 64, torch.bfloat16, "cuda", seed=5)[0]
+    check_vertical_slash(q2, k, v, vertical.cuda(), slash.cuda(), False, torch.bfloat16,
+                         "sanitizer case (vs, not causal)")
+    vertical_slash_index(vertical.cuda(), slash.cuda(), seqlen_q=130, seqlen_k=200, block_size=100)
     torch.cuda.synchronize()

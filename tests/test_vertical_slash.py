@@ -10,7 +10,7 @@ from sparse_attn import reference as ref
 from sparse_attn.vertical_slash import vertical_slash_attention, vertical_slash_index
 
 from conftest import (DEVICES, assert_close_2x, assert_lse_close, poisoned_like, qkv,
-                      same_precision_attention, skip_if_no_engine)
+                      same_precision_attention, skip_unless_prefill_kernel)
 
 
 def gen(seed):
@@ -110,13 +110,19 @@ def check_attention(q, k, v, vertical, slash, dtype, what, causal=True, scale=No
     assert_lse_close(lse.cpu(), lse_ref, what)
 
 
+# The attention cases, shared with tests/test_cuda_prefill.py: GQA and batch 2 (ragged),
+# Sq < Sk, Sq > Sk (the first rows see no key), MQA with head_dim 32 (CPU only) x column
+# and offset budgets: few, many columns (gathered tiles of 64), many offsets, none.
+ATTENTION_SHAPES = [(2, 300, 300, 4, 2, 64), (1, 130, 401, 2, 1, 128), (1, 250, 180, 2, 2, 64), (1, 200, 200, 8, 1, 32)]
+LIST_SIZES = [(10, 8), (70, 3), (3, 90), (0, 0)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D", [(2, 300, 300, 4, 2, 64), (1, 130, 401, 2, 1, 128),
-                                             (1, 250, 180, 2, 2, 64), (1, 200, 200, 8, 1, 32)])
-@pytest.mark.parametrize("NV,NS", [(10, 8), (70, 3), (3, 90), (0, 0)])
+@pytest.mark.parametrize("B,Sq,Sk,Hq,Hkv,D", ATTENTION_SHAPES)
+@pytest.mark.parametrize("NV,NS", LIST_SIZES)
 def test_attention_matches_reference(device, dtype, B, Sq, Sk, Hq, Hkv, D, NV, NS):
-    skip_if_no_engine(device)
+    skip_unless_prefill_kernel(device, dtype, D)
     q, k, v = qkv(B, Sq, Sk, Hq, Hkv, D, dtype, device, seed=NV * 3 + NS)
     vertical, slash = random_lists(B, Hq, NV, NS, Sk, seed=Sq + NV)
     check_attention(q, k, v, vertical.to(device), slash.to(device), dtype, f"{Sq}x{Sk} NV={NV} NS={NS}")
