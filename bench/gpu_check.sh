@@ -15,16 +15,20 @@
 #   ptxas        tools/ptxas_report.py on build.log: no spills, no local memory (if the build
 #                was incremental and compiled no CUDA, csrc/cuda/*.cu is recompiled for it)
 #   host_checks  csrc/cuda/host_checks/run.sh (CuTe layout checks on the CPU)
-#   pytest_cuda  python -m pytest -q -m cuda tests/
+#   pytest_cuda  python -m pytest -q -m cuda tests/ (test_cuda_prefill.py: block-sparse, streaming,
+#                vertical-slash attention and the device vertical-slash index; the CUDA cases of
+#                test_vertical_slash.py; test_cuda_decode.py)
 #   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke (the
-#                smoke kernel, test_cuda_prefill.py::test_smoke_small_case_for_sanitizers and
-#                test_cuda_decode.py::test_smoke_decode_for_sanitizers: the decode fix-up)
+#                smoke kernel, test_cuda_prefill.py::test_smoke_small_case_for_sanitizers: the
+#                prefill kernel in all three modes, gathered column tiles included, and the two
+#                vertical-slash index kernels; test_cuda_decode.py::test_smoke_decode_for_sanitizers:
+#                the decode fix-up)
 #   racecheck    compute-sanitizer --tool racecheck on the same
 #   synccheck    compute-sanitizer --tool synccheck on the decode smoke test (its barriers)
 #   decode_separate  pytest -m cuda tests/test_cuda_decode.py with SPARSE_ATTN_DECODE_MERGE=separate
 #                (the fallback merge kernel on every decode test)
-#   gpu_prefill  bench/gpu_prefill.py: CUDA prefill vs SDPA flash / flex_attention (GPU_BENCH_ARGS,
-#                e.g. --quick)
+#   gpu_prefill  bench/gpu_prefill.py: CUDA prefill (block-sparse, streaming, vertical-slash) vs
+#                SDPA flash / flex_attention (GPU_BENCH_ARGS, e.g. --quick)
 #   bench        python -m sparse_attn.benchmark --quick (the CPU suite)
 # Env: SPARSE_ATTN_CUDA_ARCHS (passed through to the build), PIP_EXTRA_ARGS (e.g. --no-deps
 # on an offline machine), PYTHON (default python).
@@ -191,7 +195,8 @@ else
 fi
 
 # ---------------------------------------------------------------- CUDA prefill benchmark
-# bench/gpu_prefill.py: the CUDA engine vs SDPA (flash backend) and flex_attention, 8k..128k.
+# bench/gpu_prefill.py: the CUDA engine (block-sparse, streaming, vertical-slash) vs SDPA (flash
+# backend) and flex_attention, 8k..128k.
 run_step gpu_prefill gpu_prefill.log "$PY" bench/gpu_prefill.py ${GPU_BENCH_ARGS:-} --out "$OUT"
 rc=$?
 if [[ $rc == 0 ]]; then record gpu_prefill PASS; else record gpu_prefill FAIL "exit $rc, see gpu_prefill.log"; fi

@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""GPU prefill benchmark of the CUDA engine (issue 6): block-sparse and streaming attention
-against dense FlashAttention-2 (`scaled_dot_product_attention`, flash backend) and compiled
-`flex_attention` with the same block mask, at 8k to 128k tokens.
+"""GPU prefill benchmark of the CUDA engine (issue 6): block-sparse, streaming and
+vertical-slash attention against dense FlashAttention-2 (`scaled_dot_product_attention`, flash
+backend) and, for block-sparse, compiled `flex_attention` with the same block mask, at 8k to
+128k tokens.
 
-    python bench/gpu_prefill.py [--seqlens 8192 16384 ...] [--densities 0.1 0.3] [--out DIR] [--quick]
+    python bench/gpu_prefill.py [--seqlens 8192 16384 ...] [--densities 0.1 0.3]
+                                [--vs-budgets 1000:6096 ...] [--out DIR] [--quick]
+
+Vertical-slash is timed as a caller runs it: list normalization, the host copy that validates
+the lists, the device index and the attention (MInference-like lists per head: the first 64
+keys and 64 diagonals plus random ones; the density is the exact fraction of causal pairs).
 
 Per case: median of CUDA-event timings after a warm-up, each op timed in turns with its
 baselines; effective TFLOP/s both dense-equivalent (the causal dense FLOPs / time) and actual
@@ -62,6 +68,30 @@ def streaming_fraction(S: int, sink: int, window: int) -> float:
     return float((sink_n + win_n - overlap).sum() / (S * (S + 1) / 2))
 
 
+def vs_lists(H: int, S: int, n_vertical: int, n_slash: int, seed: int):
+    """Per head: columns 0..63 plus random ones, offsets 0..63 plus random ones ([1, H, n] int32)."""
+    g = torch.Generator().manual_seed(seed)
+    local = torch.arange(64).expand(H, 64)
+    v = torch.cat([local, torch.randint(64, S, (H, max(n_vertical - 64, 0)), generator=g)], 1)
+    s = torch.cat([local, torch.randint(64, S, (H, max(n_slash - 64, 0)), generator=g)], 1)
+    return v[None].int(), s[None].int()
+
+
+def vs_fraction(vertical: torch.Tensor, slash: torch.Tensor, S: int) -> float:
+    """Exact fraction of the causal (query, key) pairs a vertical-slash pattern attends (Sq = Sk
+    = S, offset 0 always): column j has S - j rows, offset s has S - s, and a (column, offset)
+    pair meets once, at row j + s, when j + s < S."""
+    pairs = 0
+    for h in range(vertical.shape[1]):
+        cols = torch.unique(vertical[0, h].long())
+        cols = cols[cols < S]
+        offs = torch.unique(torch.cat([slash[0, h].long(), torch.zeros(1, dtype=torch.long)]))
+        offs = offs[offs < S]
+        overlap = torch.searchsorted(offs, S - cols).sum()  # offsets s < S - j, per column j
+        pairs += int((S - cols).sum() + (S - offs).sum() - overlap)
+    return pairs / (vertical.shape[1] * S * (S + 1) / 2)
+
+
 def flex_runner(q, k, v, bmap, block):
     """Compiled flex_attention with the same blocks (causal mask_mod on top), or None."""
     try:
@@ -84,6 +114,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqlens", type=int, nargs="+", default=[8192, 16384, 32768, 65536, 131072])
     ap.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3])
+    ap.add_argument("--vs-budgets", nargs="+", default=["1000:6096", "500:2048"],
+                    help="vertical-slash cases, n_vertical:n_slash per head")
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dims", type=int, nargs="+", default=[128])
@@ -122,6 +154,7 @@ def main() -> int:
             dense_flops = 4 * S * S / 2 * H * D  # causal: half of QK^T and PV
             nb = math.ceil(S / block)
             cases = [("block_sparse", d) for d in args.densities] + [("streaming", None)]
+            cases += [("vertical_slash", tuple(int(x) for x in b.split(":"))) for b in args.vs_budgets]
             for op, density in cases:
                 if op == "block_sparse":
                     bmap = random_causal_blocks(H, nb, density, seed=S)
@@ -129,13 +162,20 @@ def main() -> int:
                     frac = bmap.sum().item() / (H * nb * (nb + 1) / 2)
                     ours = lambda: sparse_attn.block_sparse_attention(q, k, v, mask, validate=False)  # noqa: E731
                     flex = None if args.no_flex else flex_runner(q, k, v, bmap, block)
-                else:
+                elif op == "streaming":
                     frac = streaming_fraction(S, 128, 4096)
                     ours = lambda: sparse_attn.streaming_attention(q, k, v, sink_tokens=128, window_tokens=4096)  # noqa: E731
+                    flex = None
+                else:  # vertical_slash: no flex baseline (its block mask would need the S x S pattern)
+                    vl, sl = vs_lists(H, S, *density, seed=S)
+                    frac = vs_fraction(vl, sl, S)
+                    vl, sl = vl.cuda(), sl.cuda()
+                    ours = lambda: sparse_attn.vertical_slash_attention(q, k, v, vl, sl)  # noqa: E731
                     flex = None
                 ours_ms = statistics.median(cuda_time_ms(ours, 2, args.repeats))
                 flex_ms = statistics.median(cuda_time_ms(flex, 2, args.repeats)) if flex else float("nan")
                 row = dict(op=op, seqlen=S, head_dim=D, heads=H, kv_heads=Hkv, density=round(frac, 4),
+                           budget=list(density) if op == "vertical_slash" else None,
                            ours_ms=ours_ms, dense_ms=dense_ms, flex_ms=flex_ms,
                            tflops_dense_equiv=dense_flops / ours_ms / 1e9,
                            tflops_actual=dense_flops * frac / ours_ms / 1e9,
