@@ -15,20 +15,22 @@
 #   ptxas        tools/ptxas_report.py on build.log: no spills, no local memory (if the build
 #                was incremental and compiled no CUDA, csrc/cuda/*.cu is recompiled for it)
 #   host_checks  csrc/cuda/host_checks/run.sh (CuTe layout checks on the CPU)
-#   pytest_cuda  python -m pytest -q -m cuda tests/ (test_cuda_prefill.py: block-sparse, streaming,
-#                vertical-slash attention and the device vertical-slash index; the CUDA cases of
-#                test_vertical_slash.py; test_cuda_decode.py)
+#   pytest_cuda  python -m pytest -q -m cuda tests/ (test_cuda_smoke, _prefill, _decode, _paged,
+#                and the CUDA cases of test_vertical_slash.py)
 #   memcheck     compute-sanitizer --tool memcheck  on pytest -m cuda -x tests/ -k smoke (the
 #                smoke kernel, test_cuda_prefill.py::test_smoke_small_case_for_sanitizers: the
 #                prefill kernel in all three modes, gathered column tiles included, and the two
 #                vertical-slash index kernels; test_cuda_decode.py::test_smoke_decode_for_sanitizers:
-#                the decode fix-up)
+#                the decode fix-up; test_cuda_paged.py::test_smoke_paged_ops_for_sanitizers: write,
+#                scores, selection)
 #   racecheck    compute-sanitizer --tool racecheck on the same
 #   synccheck    compute-sanitizer --tool synccheck on the decode smoke test (its barriers)
 #   decode_separate  pytest -m cuda tests/test_cuda_decode.py with SPARSE_ATTN_DECODE_MERGE=separate
 #                (the fallback merge kernel on every decode test)
 #   gpu_prefill  bench/gpu_prefill.py: CUDA prefill (block-sparse, streaming, vertical-slash) vs
 #                SDPA flash / flex_attention (GPU_BENCH_ARGS, e.g. --quick)
+#   gpu_decode   bench/gpu_decode.py: CUDA paged / Quest decode, GB/s against the bytes that must
+#                be read, vs SDPA (and flash_attn_with_kvcache if installed) (GPU_BENCH_ARGS)
 #   bench        python -m sparse_attn.benchmark --quick (the CPU suite)
 # Env: SPARSE_ATTN_CUDA_ARCHS (passed through to the build), PIP_EXTRA_ARGS (e.g. --no-deps
 # on an offline machine), PYTHON (default python).
@@ -111,7 +113,7 @@ cat "$OUT/build.log" "$OUT/build_inplace.log" >"$OUT/ptxas_source.log" 2>/dev/nu
 "$PY" tools/ptxas_report.py "$OUT/ptxas_source.log" >/dev/null 2>&1
 if [[ $? == 2 ]]; then
   # Incremental build: nothing was compiled, so the log has no ptxas statistics. Compile the
-  # CUDA sources directly with the flags CMakeLists.txt gives them.
+  # CUDA sources directly with the flags CMakeLists.txt gives them (every kernel directory).
   echo "(no ptxas statistics in the build log: compiling csrc/cuda/*.cu for the report)"
   # CUTLASS as setup.py finds it: $CUTLASS_DIR, third_party/cutlass, the nvidia-cutlass wheel
   cutlass_inc="$("$PY" - <<'EOF' 2>/dev/null
@@ -128,10 +130,10 @@ EOF
   for a in "${archs[@]}"; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
   mkdir -p "$OUT/ptxas_objs"
   : >"$OUT/ptxas_source.log"
-  for f in csrc/cuda/*.cu; do
+  for f in csrc/cuda/*.cu csrc/cuda/prefill/*.cu csrc/cuda/decode/*.cu csrc/cuda/paged/*.cu; do
     nvcc -c -std=c++17 -O3 --expt-relaxed-constexpr -Xptxas=-v,-warn-spills,-warn-lmem-usage \
       -lineinfo "${gencode[@]}" -Icsrc/include -I"$cutlass_inc" "$f" \
-      -o "$OUT/ptxas_objs/$(basename "$f").o" >>"$OUT/ptxas_source.log" 2>&1
+      -o "$OUT/ptxas_objs/$(basename "$(dirname "$f")")_$(basename "$f").o" >>"$OUT/ptxas_source.log" 2>&1
   done
 fi
 run_step ptxas ptxas_report.txt "$PY" tools/ptxas_report.py --json "$OUT/ptxas.json" "$OUT/ptxas_source.log"
@@ -200,6 +202,12 @@ fi
 run_step gpu_prefill gpu_prefill.log "$PY" bench/gpu_prefill.py ${GPU_BENCH_ARGS:-} --out "$OUT"
 rc=$?
 if [[ $rc == 0 ]]; then record gpu_prefill PASS; else record gpu_prefill FAIL "exit $rc, see gpu_prefill.log"; fi
+
+# ---------------------------------------------------------------- CUDA decode benchmark
+# bench/gpu_decode.py: dense paged and Quest decode vs SDPA, batch 1..64, contexts 8k..512k.
+run_step gpu_decode gpu_decode.log "$PY" bench/gpu_decode.py ${GPU_BENCH_ARGS:-} --out "$OUT"
+rc=$?
+if [[ $rc == 0 ]]; then record gpu_decode PASS; else record gpu_decode FAIL "exit $rc, see gpu_decode.log"; fi
 
 # ---------------------------------------------------------------- benchmarks
 # The suite has no CUDA cases yet (the attention kernels are CPU-only so far); once the

@@ -20,31 +20,15 @@ bench/results/gpu_prefill_<date>.json). Needs a CUDA device; nothing here is run
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 import sparse_attn
+from gpu_bench import median_ms, parse_args, write_results
 from sparse_attn.masks import BlockSparseMask
-
-
-def cuda_time_ms(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return times
 
 
 def random_causal_blocks(H: int, nb: int, density: float, seed: int) -> torch.Tensor:
@@ -119,13 +103,9 @@ def main() -> int:
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dims", type=int, nargs="+", default=[128])
-    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="8k and 16k, 3 repeats")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_prefill: no CUDA device", file=sys.stderr)
+    args = parse_args(ap, "gpu_prefill", 10, "8k and 16k, 3 repeats")
+    if args is None:
         return 2
     if args.quick:
         args.seqlens, args.repeats = [8192, 16384], 3
@@ -147,7 +127,7 @@ def main() -> int:
                                                                             enable_gqa=True)
 
             try:
-                dense_ms = statistics.median(cuda_time_ms(dense, 2, args.repeats))
+                dense_ms = median_ms(dense, 2, args.repeats)
             except RuntimeError as e:  # e.g. no flash kernel for this GQA layout in this torch
                 print(f"dense SDPA (flash) failed at S={S}: {e}", file=sys.stderr)
                 dense_ms = float("nan")
@@ -172,8 +152,8 @@ def main() -> int:
                     vl, sl = vl.cuda(), sl.cuda()
                     ours = lambda: sparse_attn.vertical_slash_attention(q, k, v, vl, sl)  # noqa: E731
                     flex = None
-                ours_ms = statistics.median(cuda_time_ms(ours, 2, args.repeats))
-                flex_ms = statistics.median(cuda_time_ms(flex, 2, args.repeats)) if flex else float("nan")
+                ours_ms = median_ms(ours, 2, args.repeats)
+                flex_ms = median_ms(flex, 2, args.repeats) if flex else float("nan")
                 row = dict(op=op, seqlen=S, head_dim=D, heads=H, kv_heads=Hkv, density=round(frac, 4),
                            budget=list(density) if op == "vertical_slash" else None,
                            ours_ms=ours_ms, dense_ms=dense_ms, flex_ms=flex_ms,
@@ -185,14 +165,8 @@ def main() -> int:
             del q, k, v
             torch.cuda.empty_cache()
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype=str(dtype), block=block,
-                date=datetime.datetime.now().isoformat(timespec="seconds"), repeats=args.repeats)
-    out = args.out or Path(__file__).resolve().parent / "results" / \
-        f"gpu_prefill_{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
-    if out.suffix != ".json":
-        out.mkdir(parents=True, exist_ok=True)
-        out = out / "gpu_prefill.json"
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {out}")
+                repeats=args.repeats)
+    write_results(args.out, "gpu_prefill", meta, rows)
     return 0
 
 

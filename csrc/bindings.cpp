@@ -368,8 +368,11 @@ PagedKVParams make_paged(const at::Tensor* k_pages, const at::Tensor* v_pages, c
   return p;
 }
 
-void paged_kv_write_cpu(at::Tensor& k_pages, at::Tensor& v_pages, at::Tensor& k_max, at::Tensor& k_min,
-                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& page_ids, const at::Tensor& slots) {
+}  // namespace
+
+PagedKVWrite make_paged_write(const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& k_max,
+                              const at::Tensor& k_min, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& page_ids, const at::Tensor& slots) {
   check_pages_tensor(k_pages, "k_pages");
   check_pages_tensor(v_pages, "v_pages");
   TORCH_CHECK_VALUE(v_pages.sizes() == k_pages.sizes() && v_pages.strides() == k_pages.strides() &&
@@ -410,12 +413,11 @@ void paged_kv_write_cpu(at::Tensor& k_pages, at::Tensor& v_pages, at::Tensor& k_
     w.src_stride[i] = k.stride(i);
     w.v_src_stride[i] = v.stride(i);
   }
-  if (N > 0) cpu::paged_kv_write(w);
+  return w;
 }
 
-at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const at::Tensor& k_min,
-                            const at::Tensor& page_table, const at::Tensor& seqlens, int64_t page_size,
-                            bool sum_reduce) {
+PagedKVParams make_quest_scores(const at::Tensor& q, const at::Tensor& k_max, const at::Tensor& k_min,
+                                const at::Tensor& page_table, const at::Tensor& seqlens, int64_t page_size) {
   TORCH_CHECK_VALUE(k_max.dim() == 3 && k_max.stride(2) == 1, "k_max must be [num_pages, heads_kv, head_dim] with a "
                     "contiguous last dimension, got shape ", k_max.sizes());
   TORCH_CHECK_VALUE(k_min.sizes() == k_max.sizes() && k_min.strides() == k_max.strides() &&
@@ -428,17 +430,11 @@ at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const 
   PagedKVParams p = make_paged(nullptr, nullptr, page_table, seqlens, k_max.size(0), page_size, Hkv, D);
   p.k_max = k_max.data_ptr(), p.k_min = k_min.data_ptr();
   p.meta_stride[0] = k_max.stride(0), p.meta_stride[1] = k_max.stride(1);
-  const at::Tensor qf = q.to(at::kFloat).contiguous();  // [B, Hq, D]: small
-  at::Tensor out = at::empty({p.batch, Hkv, p.max_pages}, q.options().dtype(at::kFloat));
-  if (out.numel() > 0)
-    cpu::quest_scores(p, to_dtype(k_max, "k_max"), qf.data_ptr<float>(), q.scalar_type() == at::kBFloat16, q.size(1),
-                      sum_reduce, out.data_ptr<float>());
-  return out;
+  return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, const at::Tensor& seqlens,
-                                                     int64_t page_size, int64_t token_budget, int64_t sink_pages,
-                                                     int64_t recent_pages) {
+int64_t make_quest_select(const at::Tensor& scores, const at::Tensor& seqlens, int64_t page_size,
+                          int64_t token_budget, int64_t sink_pages, int64_t recent_pages) {
   TORCH_CHECK_VALUE(scores.scalar_type() == at::kFloat && scores.dim() == 3,
                     "scores must be float32 [batch, heads_kv, max_pages], got ", scores.scalar_type(), " ",
                     scores.sizes());
@@ -448,18 +444,46 @@ std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, co
   TORCH_CHECK_VALUE(token_budget >= 1, "token_budget must be >= 1, got ", token_budget);
   TORCH_CHECK_VALUE(sink_pages >= 0 && recent_pages >= 0, "sink_pages and recent_pages must be >= 0");
   const int64_t P = scores.size(2);
-  const int64_t k = std::min(std::max((token_budget + page_size - 1) / page_size, sink_pages + recent_pages), P);
-  const at::Tensor sc = scores.contiguous();
   const at::Tensor sl = seqlens.contiguous();
   const int32_t* len = sl.data_ptr<int32_t>();
   for (int64_t b = 0; b < sl.size(0); ++b)
     TORCH_CHECK_VALUE(len[b] >= 0 && (len[b] + page_size - 1) / page_size <= P, "seqlens[", b, "] = ", len[b],
                       " needs more pages than scores has (", P, ")");
+  return std::min(std::max((token_budget + page_size - 1) / page_size, sink_pages + recent_pages), P);
+}
+
+namespace {
+
+void paged_kv_write_cpu(at::Tensor& k_pages, at::Tensor& v_pages, at::Tensor& k_max, at::Tensor& k_min,
+                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& page_ids, const at::Tensor& slots) {
+  const PagedKVWrite w = make_paged_write(k_pages, v_pages, k_max, k_min, k, v, page_ids, slots);
+  if (w.ntokens > 0) cpu::paged_kv_write(w);
+}
+
+at::Tensor quest_scores_cpu(const at::Tensor& q, const at::Tensor& k_max, const at::Tensor& k_min,
+                            const at::Tensor& page_table, const at::Tensor& seqlens, int64_t page_size,
+                            bool sum_reduce) {
+  const PagedKVParams p = make_quest_scores(q, k_max, k_min, page_table, seqlens, page_size);
+  const at::Tensor qf = q.to(at::kFloat).contiguous();  // [B, Hq, D]: small
+  at::Tensor out = at::empty({p.batch, p.heads_kv, p.max_pages}, q.options().dtype(at::kFloat));
+  if (out.numel() > 0)
+    cpu::quest_scores(p, to_dtype(k_max, "k_max"), qf.data_ptr<float>(), q.scalar_type() == at::kBFloat16, q.size(1),
+                      sum_reduce, out.data_ptr<float>());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quest_select_cpu(const at::Tensor& scores, const at::Tensor& seqlens,
+                                                     int64_t page_size, int64_t token_budget, int64_t sink_pages,
+                                                     int64_t recent_pages) {
+  const int64_t k = make_quest_select(scores, seqlens, page_size, token_budget, sink_pages, recent_pages);
+  const int64_t P = scores.size(2);
+  const at::Tensor sc = scores.contiguous();
+  const at::Tensor sl = seqlens.contiguous();
   at::Tensor pages = at::empty({scores.size(0), scores.size(1), k}, scores.options().dtype(at::kInt));
   at::Tensor counts = at::empty({scores.size(0), scores.size(1)}, scores.options().dtype(at::kInt));
   if (counts.numel() > 0)
-    cpu::select_pages(sc.data_ptr<float>(), scores.size(0), scores.size(1), P, len, page_size, k, sink_pages,
-                      recent_pages, pages.data_ptr<int32_t>(), counts.data_ptr<int32_t>());
+    cpu::select_pages(sc.data_ptr<float>(), scores.size(0), scores.size(1), P, sl.data_ptr<int32_t>(), page_size, k,
+                      sink_pages, recent_pages, pages.data_ptr<int32_t>(), counts.data_ptr<int32_t>());
   return {pages, counts};
 }
 

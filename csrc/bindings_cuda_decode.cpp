@@ -13,7 +13,6 @@
 // anyway.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -23,6 +22,7 @@
 #include <optional>
 
 #include "cuda/decode/launch.h"
+#include "cuda_glue.h"
 #include "sparse_attn/stream_k.h"
 #include "torch_checks.h"
 
@@ -48,29 +48,10 @@ int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q) {
 
 namespace {
 
-cudaStream_t decode_stream(const at::Device& device) {
-  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-  return static_cast<cudaStream_t>(impl.getStream(device).native_handle());
-}
-
-bool vec_ok(const at::Tensor& t) {
-  bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % 8 == 0;
-  return ok;
-}
+bool vec_ok(const at::Tensor& t) { return vector_aligned(t, 8); }
 
 void check_device(const at::Tensor& t, const at::Tensor& q, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == q.device(), "paged decode on CUDA: ", name, " must be on ", q.device(), ", got ",
-                    t.device());
-}
-
-// A device tensor's index data: a contiguous device copy (kept alive here) and its host copy.
-struct Index {
-  at::Tensor dev, host;
-  explicit Index(const at::Tensor& t) : dev(t.contiguous()), host(dev.cpu()) {}
-};
-std::optional<Index> index_of(const std::optional<at::Tensor>& t) {
-  return t ? std::optional<Index>(Index(*t)) : std::nullopt;
+  check_on_device(t, q.device(), "paged decode", name);
 }
 
 struct PlanTensors {
@@ -90,8 +71,8 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
   if (pages) check_device(*pages, q, "pages");
   if (counts) check_device(*counts, q, "counts");
   const c10::DeviceGuard guard(q.device());
-  const Index pt(page_table), sl(seqlens);
-  const std::optional<Index> pg = index_of(pages), ct = index_of(counts);
+  const HostCopy pt(page_table), sl(seqlens);
+  const std::optional<HostCopy> pg = host_copy_of(pages), ct = host_copy_of(counts);
   at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   PagedDecodeInputs in = make_paged_decode(q, k_pages, v_pages, pt.host, sl.host,
                                            pg ? std::optional<at::Tensor>(pg->host) : std::nullopt,
@@ -154,10 +135,9 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
   const char* mode = std::getenv("SPARSE_ATTN_DECODE_MERGE");
   args.separate_merge = (mode != nullptr && std::strcmp(mode, "separate") == 0) ||
                         plan.workers > cuda_decode_max_workers(k_pages, q.size(1));
-  const cudaError_t err = cuda::decode_stream_k(args, decode_stream(q.device()));
-  TORCH_CHECK(err == cudaSuccess, cuda::decode_kernel_name(in.io.dtype, D),
-              args.separate_merge ? " (separate merge)" : " (in-kernel fix-up)", " failed: ", cudaGetErrorName(err),
-              " (", cudaGetErrorString(err), ")");
+  const cudaError_t err = cuda::decode_stream_k(args, current_stream(q.device()));
+  check_launch(err, cuda::decode_kernel_name(in.io.dtype, D),
+               args.separate_merge ? " (separate merge)" : " (in-kernel fix-up)");
   if (!oa.is_same(out)) out.copy_(oa);
   return lse;
 }

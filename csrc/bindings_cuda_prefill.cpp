@@ -7,7 +7,6 @@
 // kernels are then registered but unreachable: no tensor can be on a CUDA device).
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -16,23 +15,17 @@
 #include <tuple>
 
 #include "cuda/prefill/launch.h"
+#include "cuda_glue.h"
 #include "sparse_attn/vertical_slash.h"
 #include "torch_checks.h"
 
 namespace sparse_attn {
 namespace {
 
-cudaStream_t current_stream(const at::Device& device) {
-  const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-  return static_cast<cudaStream_t>(impl.getStream(device).native_handle());
-}
-
 // The kernel reads rows with 16-byte loads: a tensor whose base or strides do not allow
 // that is copied to a fresh contiguous one (the caching allocator aligns it).
 at::Tensor aligned_for_kernel(const at::Tensor& t) {
-  const bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 &&
-                  t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
-  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
+  return vector_aligned(t, 8) ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
 void check_supported(const AttentionParams& p, const char* op) {

@@ -44,6 +44,19 @@ VSIndexCall prepare_vs_index(const at::Tensor& vertical, const at::Tensor& verti
                              const at::Tensor& slash_count, int64_t seqlen_q, int64_t seqlen_k, int64_t block_size,
                              const at::Device& out_device);
 
+// Paged cache bookkeeping (paged_kv_write, quest_scores, quest_select): the checks and
+// validation of the CPU ops. Index tensors (page_ids, slots, page_table, seqlens) are read
+// here, so they must be in host memory: the CUDA ops pass host copies and then swap in the
+// device pointers.
+PagedKVWrite make_paged_write(const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& k_max,
+                              const at::Tensor& k_min, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& page_ids, const at::Tensor& slots);
+PagedKVParams make_quest_scores(const at::Tensor& q, const at::Tensor& k_max, const at::Tensor& k_min,
+                                const at::Tensor& page_table, const at::Tensor& seqlens, int64_t page_size);
+// Returns K, the selection's capacity: min(max(ceil(token_budget / page_size), sink + recent), max_pages).
+int64_t make_quest_select(const at::Tensor& scores, const at::Tensor& seqlens, int64_t page_size,
+                          int64_t token_budget, int64_t sink_pages, int64_t recent_pages);
+
 // Paged decode (paged_decode_attention / paged_decode_stream_k): checks the tensors and fills
 // the shared parameters. page_table, seqlens, pages and counts are read here (validated):
 // the CUDA ops pass host copies and then swap in the device pointers (same strides).

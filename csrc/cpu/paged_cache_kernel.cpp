@@ -31,37 +31,11 @@ inline void widen_bounds(T* mx, T* mn, const T* x, int64_t D) {
 
 template <typename T>
 void write_tokens(const PagedKVWrite& w) {
-  auto* kp = static_cast<T*>(w.k_pages);
-  auto* vp = static_cast<T*>(w.v_pages);
-  auto* kmax = static_cast<T*>(w.k_max);
-  auto* kmin = static_cast<T*>(w.k_min);
-  const auto* k = static_cast<const T*>(w.k);
-  const auto* v = static_cast<const T*>(w.v);
-  const int64_t D = w.head_dim;
-  // Tasks are (KV head, bucket of pages): a page's metadata row is then touched by one
-  // thread, in token order, so "first slot sets, later slots widen" is exact. Buckets by
-  // page id (not one task per head) keep both threads busy with 1-3 KV heads.
-  const int64_t buckets = w.ntokens >= 256 ? 8 : 1;
-  at::parallel_for(0, w.heads_kv * buckets, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t g = t / buckets, bucket = t % buckets;
-      for (int64_t n = 0; n < w.ntokens; ++n) {
-        const int64_t page = w.page_ids[n], slot = w.slots[n];
-        if (page % buckets != bucket) continue;
-        const T* ks = k + n * w.src_stride[0] + g * w.src_stride[1];
-        const T* vs = v + n * w.v_src_stride[0] + g * w.v_src_stride[1];
-        std::memcpy(kp + page * w.page_stride[0] + slot * w.page_stride[1] + g * w.page_stride[2], ks, D * sizeof(T));
-        std::memcpy(vp + page * w.page_stride[0] + slot * w.page_stride[1] + g * w.page_stride[2], vs, D * sizeof(T));
-        T* mx = kmax + page * w.meta_stride[0] + g * w.meta_stride[1];
-        T* mn = kmin + page * w.meta_stride[0] + g * w.meta_stride[1];
-        if (slot == 0) {
-          std::memcpy(mx, ks, D * sizeof(T));
-          std::memcpy(mn, ks, D * sizeof(T));
-        } else {
-          widen_bounds(mx, mn, ks, D);
-        }
-      }
-    }
+  // One KV head per task: a page's metadata rows are then touched by one thread, in token
+  // order, so "first slot sets, later slots widen" is exact (max/min of stored values).
+  at::parallel_for(0, w.heads_kv, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t n = 0; n < w.ntokens; ++n) write_token_head<T>(w, n, g);
   });
 }
 
@@ -155,42 +129,24 @@ template <typename T> struct ScoresF {
 void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t max_pages, const int32_t* seqlens,
                   int64_t page_size, int64_t k, int64_t sink_pages, int64_t recent_pages, int32_t* pages,
                   int32_t* counts) {
-  // One (sequence, KV head) row per task: a row of a 32k-token sequence is ~2k pages.
+  // One (sequence, KV head) row per task: a row of a 32k-token sequence is ~2k pages. The
+  // rule is select_key's (paged.h, shared with the CUDA engine): the min(n, k) smallest
+  // keys of the row's pages, listed ascending.
   at::parallel_for(0, batch * heads_kv, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<uint64_t> cand;
+    std::vector<int64_t> keys;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads_kv;
       const int64_t n = std::min<int64_t>((seqlens[b] + page_size - 1) / page_size, max_pages);
       const float* sc = scores + i * max_pages;
       int32_t* out = pages + i * k;
-      int64_t c = 0;
-      if (n <= k) {  // the budget covers the sequence: every page
-        for (int64_t j = 0; j < n; ++j) out[c++] = static_cast<int32_t>(j);
-      } else {
-        // Forced: the first sink_pages and the last recent_pages (may exceed k on their own).
-        const int64_t s_end = std::min(sink_pages, n), r_begin = std::max(n - recent_pages, s_end);
-        for (int64_t j = 0; j < s_end; ++j) out[c++] = static_cast<int32_t>(j);
-        const int64_t forced = s_end + (n - r_begin), want = std::max<int64_t>(k - forced, 0);
-        // Highest score first, ties by lower page index, NaN lowest (as the reference), as
-        // one integer key per page: the score mapped to an order-preserving unsigned
-        // integer, inverted (so ascending keys = descending scores), above the page index.
-        cand.resize(r_begin - s_end);
-        for (int64_t j = s_end; j < r_begin; ++j) {
-          const float x = std::isnan(sc[j]) ? -INFINITY : (sc[j] == 0.f ? 0.f : sc[j]);  // -0 ties with +0
-          uint32_t u;
-          std::memcpy(&u, &x, 4);
-          u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order -> unsigned order
-          cand[j - s_end] = (uint64_t(~u) << 32) | uint64_t(j);
-        }
-        const int64_t take = std::min<int64_t>(want, cand.size());
-        std::nth_element(cand.begin(), cand.begin() + take, cand.end());
-        for (int64_t t = 0; t < take; ++t) cand[t] &= 0xffffffffu;  // keep the page indices
-        std::sort(cand.begin(), cand.begin() + take);
-        for (int64_t t = 0; t < take; ++t) out[c++] = static_cast<int32_t>(cand[t]);
-        for (int64_t j = r_begin; j < n; ++j) out[c++] = static_cast<int32_t>(j);
-      }
-      counts[i] = static_cast<int32_t>(c);
-      for (int64_t t = c; t < k; ++t) out[t] = 0;
+      const int64_t take = std::min(n, k);
+      keys.resize(n);
+      for (int64_t j = 0; j < n; ++j) keys[j] = select_key(sc[j], j, n, sink_pages, recent_pages);
+      if (take < n) std::nth_element(keys.begin(), keys.begin() + take, keys.end());
+      for (int64_t t = 0; t < take; ++t) out[t] = select_key_page(keys[t]);
+      std::sort(out, out + take);
+      counts[i] = static_cast<int32_t>(take);
+      for (int64_t t = take; t < k; ++t) out[t] = 0;
     }
   });
 }

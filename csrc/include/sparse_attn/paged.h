@@ -7,6 +7,8 @@
 //   A selection lists logical page indices (0 = the sequence's first page) per (b, kv head).
 #pragma once
 #include <cstdint>
+#include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 
@@ -136,6 +138,34 @@ inline std::string validate_selection(const PagedKVParams& p, const PageSelectio
 
 SA_ABI_BEGIN
 
+// Writing token n of a PagedKVWrite for KV head g, as the CPU engine does (host code): its K
+// and V rows into page page_ids[n], slot slots[n], and the page's metadata: set to the key
+// at slot 0, widened by it at other slots (float comparisons, exact for every dtype; the
+// stored values are the key's own elements). Applied to one head's tokens in call order it
+// gives the exact max/min of the stored keys. The CUDA engine's write kernel is checked
+// against it on the host (cuda/host_checks/paged_ops_check.cu).
+template <typename T>
+inline void write_token_head(const PagedKVWrite& w, int64_t n, int64_t g) {
+  const int64_t D = w.head_dim, page = w.page_ids[n], slot = w.slots[n];
+  const T* ks = static_cast<const T*>(w.k) + n * w.src_stride[0] + g * w.src_stride[1];
+  const T* vs = static_cast<const T*>(w.v) + n * w.v_src_stride[0] + g * w.v_src_stride[1];
+  const int64_t row = page * w.page_stride[0] + slot * w.page_stride[1] + g * w.page_stride[2];
+  std::memcpy(static_cast<T*>(w.k_pages) + row, ks, D * sizeof(T));
+  std::memcpy(static_cast<T*>(w.v_pages) + row, vs, D * sizeof(T));
+  T* mx = static_cast<T*>(w.k_max) + page * w.meta_stride[0] + g * w.meta_stride[1];
+  T* mn = static_cast<T*>(w.k_min) + page * w.meta_stride[0] + g * w.meta_stride[1];
+  if (slot == 0) {
+    std::memcpy(mx, ks, D * sizeof(T));
+    std::memcpy(mn, ks, D * sizeof(T));
+    return;
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    const float x = static_cast<float>(ks[d]);  // exact: T -> float -> T round trips
+    if (x > static_cast<float>(mx[d])) mx[d] = ks[d];
+    if (x < static_cast<float>(mn[d])) mn[d] = ks[d];
+  }
+}
+
 // Quest's bound on q . k for every key k of a page with channel-wise extremes kmax/kmin:
 // sum_d max(q_d * kmax_d, q_d * kmin_d). Scalar reference form; engines vectorize it.
 template <typename T>
@@ -147,6 +177,31 @@ SA_HOST_DEVICE float quest_bound(const float* q, const T* kmax, const T* kmin, i
   }
   return s;
 }
+
+// Page selection (select_pages, both engines): row (sequence b, KV head g) with n pages takes
+// the min(n, k) smallest keys of select_key over its pages j < n, then lists their pages
+// ascending. Keys are distinct (the page index is in the low 31 bits), so the result is
+// unique: forced pages (the first sink_pages and the last recent_pages) key as j, below
+// every other page; the others by score, highest first, ties to the lower page index, NaN
+// lowest, -0 tied with +0 (the score mapped to an order-preserving integer, inverted, above
+// the page index); pages past the sequence key as kSelectNoPage, above all. Forced pages
+// number at most sink_pages + recent_pages <= k whenever n > k, so all of them are taken.
+constexpr int64_t kSelectNoPage = INT64_MAX;
+
+SA_HOST_DEVICE int64_t select_key(float score, int64_t j, int64_t n, int64_t sink_pages, int64_t recent_pages) {
+  if (j >= n) return kSelectNoPage;
+  const int64_t s_end = sink_pages < n ? sink_pages : n;
+  const int64_t r_begin = n - recent_pages > s_end ? n - recent_pages : s_end;
+  if (j < s_end || j >= r_begin) return j;
+  const float x = score != score ? -INFINITY : (score == 0.f ? 0.f : score);
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order -> unsigned order
+  return (static_cast<int64_t>(~u) << 31) | j;     // ~u < 2^32: below 2^63 - 1
+}
+
+// The page of a key (kSelectNoPage gives 0x7fffffff, above every page id).
+SA_HOST_DEVICE int32_t select_key_page(int64_t key) { return static_cast<int32_t>(key & 0x7fffffff); }
 
 SA_ABI_END
 }  // namespace sparse_attn
