@@ -34,6 +34,15 @@ void to_float(const T* src, float* dst, int64_t n) {
   }
 }
 
+// Asks for one K/V row (D elements) of the next page, a cache line at a time. The kernels
+// issue these a row at a time between the current page's rows: issued as one burst per
+// page they filled the line-fill buffers and stalled the core (17% of a hot decode).
+template <typename T>
+inline void prefetch_row(const T* row, int64_t D) {
+  const char* r = reinterpret_cast<const char*>(row);
+  for (int64_t o = 0; o < D * int64_t(sizeof(T)); o += 64) __builtin_prefetch(r + o);
+}
+
 inline float dot(const float* a, const float* b, int64_t n) {
   Vec acc0(0.f), acc1(0.f);
   int64_t d = 0;
@@ -97,9 +106,10 @@ void page_bounds(const float* q, const float* mx, const float* mn, int64_t D, in
 template <int kG>
 __attribute__((target("avx512bf16"))) void scores_bf16(const c10::BFloat16* kp, int64_t ld, int64_t ntok, int64_t ps,
                                                        int64_t D, const c10::BFloat16* qb, int64_t q_ld, float scale,
-                                                       float* s) {
+                                                       float* s, const c10::BFloat16* nk) {
   for (int64_t t = 0; t < ntok; ++t) {
     const c10::BFloat16* k = kp + t * ld;
+    if (nk) prefetch_row(nk + t * ld, D);
     Vec a[kG];
     for (int h = 0; h < kG; ++h) a[h] = Vec(0.f);
     for (int64_t d = 0; d < D; d += 32) {
@@ -135,17 +145,98 @@ __attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16*
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// Vec::size() elements of a K/V row as float32, converted in registers (bf16: a shift;
+// fp16: the F16C conversion), so V needs no float32 copy before the P V product.
+template <typename T>
+inline Vec load_as_float(const T* x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec::loadu(x);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    return Vec(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  } else {
+    return Vec(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))));
+  }
+}
+
+// acc_h[d0, d0 + 16 kNC) += sum_t p[h][t] v_t[same], token by token: each V chunk is
+// loaded and converted once for the whole group, the G x kNC accumulators stay in
+// registers for the page (kG * kNC <= 16 leaves room for the V chunks).
+template <typename T, int kG, int kNC>
+inline void pv_block(const T* vp, int64_t ld, int64_t ntok, int64_t ps, const float* s, float* acc, int64_t D,
+                     int64_t d0, const T* nv) {
+  Vec a[kG][kNC];
+  for (int h = 0; h < kG; ++h)
+    for (int c = 0; c < kNC; ++c) a[h][c] = Vec::loadu(acc + h * D + d0 + c * Vec::size());
+  for (int64_t t = 0; t < ntok; ++t) {
+    if (nv) prefetch_row(nv + t * ld, D);
+    Vec v[kNC];
+    for (int c = 0; c < kNC; ++c) v[c] = load_as_float(vp + t * ld + d0 + c * Vec::size());
+    for (int h = 0; h < kG; ++h) {
+      const Vec p(s[h * ps + t]);
+      for (int c = 0; c < kNC; ++c) a[h][c] = at::vec::fmadd(p, v[c], a[h][c]);
+    }
+  }
+  for (int h = 0; h < kG; ++h)
+    for (int c = 0; c < kNC; ++c) a[h][c].store(acc + h * D + d0 + c * Vec::size());
+}
+
+template <typename T, int kG>
+inline void pv_page(const T* vp, int64_t ld, int64_t ntok, int64_t ps, const float* s, float* acc, int64_t D,
+                    const T* nv) {
+  constexpr int kNC = kG <= 2 ? 8 : kG <= 4 ? 4 : 2;
+  int64_t d0 = 0;
+  for (; d0 + kNC * Vec::size() <= D; d0 += kNC * Vec::size(), nv = nullptr)
+    pv_block<T, kG, kNC>(vp, ld, ntok, ps, s, acc, D, d0, nv);
+  for (; d0 < D; d0 += Vec::size(), nv = nullptr) pv_block<T, kG, 1>(vp, ld, ntok, ps, s, acc, D, d0, nv);
+}
+#endif
+
+// Online softmax of one page's scores for head h (sh: ntok scores): rescales the head's
+// accumulator when the max grows, leaves p = exp(s - max) in sh.
+inline void page_softmax(float* sh, int64_t ntok, SoftmaxRowState& st, float* acc_h, int64_t D) {
+  int64_t t = 0;
+  Vec vmax(-INFINITY);
+  for (; t + Vec::size() <= ntok; t += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(sh + t));
+  float mx = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax);
+  for (; t < ntok; ++t) mx = std::max(mx, sh[t]);
+  const float factor = st.rescale_to(mx);
+  if (factor != 1.f) {
+    int64_t d = 0;
+    for (; d + Vec::size() <= D; d += Vec::size()) (Vec::loadu(acc_h + d) * Vec(factor)).store(acc_h + d);
+    for (; d < D; ++d) acc_h[d] *= factor;
+  }
+  const Vec m(st.max);
+  t = 0;
+  Vec vsum(0.f);
+  for (; t + Vec::size() <= ntok; t += Vec::size()) {
+    const Vec e = (Vec::loadu(sh + t) - m).exp_u20();
+    e.store(sh + t);
+    vsum = vsum + e;
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+  for (; t < ntok; ++t) sum += (sh[t] = std::exp(sh[t] - st.max));
+  st.add_sum(sum);
+}
+
 // One page of one KV head for the G query heads of its group: scores, online softmax,
-// accumulation. K/V rows (row stride ld) are converted to float32 once per page; the
-// scores take one reduction tree per four heads, the P V product keeps each head's output
-// chunk in registers across the page's rows.
+// accumulation. The scores take one reduction tree per four heads; the P V product keeps
+// the heads' output chunks in registers across the page's rows. With AVX-512 and a group
+// size known at compile time, K (bf16) and V are read in their storage type; otherwise
+// K/V rows (row stride ld) are converted to float32 once per page.
 
 // kG > 0: the group size at compile time, so the per-head accumulators stay in registers
 // (with a run-time G they lived on the stack: 2x slower); kG == 0: any G.
 template <typename T, int kG>
 void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, int64_t D, int64_t G_rt,
                const float* qf, const T* qb, int64_t q_ld, float scale, float* kf, float* vf, float* s, float* acc,
-               SoftmaxRowState* st) {
+               SoftmaxRowState* st, const T* nk, const T* nv) {
+  // nk, nv: the next page's K/V rows (same head), prefetched row by row; nullptr if none.
+  for (int64_t t = ntok; t < ps && nk; ++t) {  // rows the loops below do not reach
+    prefetch_row(nk + t * ld, D);
+    prefetch_row(nv + t * ld, D);
+  }
   constexpr int64_t kMaxG = kG > 0 ? kG : 16;
   const int64_t G = kG > 0 ? kG : G_rt;
   const bool vec_d = D % Vec::size() == 0 && G <= kMaxG;
@@ -153,15 +244,14 @@ void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, i
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
   if constexpr (std::is_same_v<T, c10::BFloat16> && kG > 0) {
     if (D % 32 == 0 && cpu_has_avx512_bf16()) {
-      for (int64_t t = 0; t < ntok; ++t) to_float(vp + t * ld, vf + t * D, D);  // V rows first: loads in flight
-      scores_bf16<kG>(kp, ld, ntok, ps, D, qb, q_ld, scale, s);
+      scores_bf16<kG>(kp, ld, ntok, ps, D, qb, q_ld, scale, s, nk);
       scored = true;
     }
   }
 #endif
   for (int64_t t = 0; t < ntok && !scored; ++t) {
+    if (nk) prefetch_row(nk + t * ld, D);
     to_float(kp + t * ld, kf + t * D, D);
-    to_float(vp + t * ld, vf + t * D, D);
   }
   for (int64_t t = 0; t < ntok && !scored; ++t) {  // s[h * ps + t] = q_h . k_t (q pre-scaled)
     const float* k = kf + t * D;
@@ -179,23 +269,18 @@ void page_step(const T* kp, const T* vp, int64_t ld, int64_t ntok, int64_t ps, i
       for (int64_t h = 0; h < G; ++h) s[h * ps + t] = dot(qf + h * D, k, D);
     }
   }
-  for (int64_t h = 0; h < G; ++h) {  // online softmax of the page's scores
-    float* sh = s + h * ps;
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < ntok; ++t) mx = std::max(mx, sh[t]);
-    const float factor = st[h].rescale_to(mx);
-    if (factor != 1.f) at::vec::map([factor](Vec x) { return x * Vec(factor); }, acc + h * D, acc + h * D, D);
-    const float m = st[h].max;
-    int64_t t = 0;
-    Vec vsum(0.f);
-    for (; t + Vec::size() <= ntok; t += Vec::size()) {
-      const Vec e = (Vec::loadu(sh + t) - Vec(m)).exp_u20();
-      e.store(sh + t);
-      vsum = vsum + e;
+  for (int64_t h = 0; h < G; ++h) page_softmax(s + h * ps, ntok, st[h], acc + h * D, D);
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (kG > 0) {
+    if (vec_d) {
+      pv_page<T, kG>(vp, ld, ntok, ps, s, acc, D, nv);
+      return;
     }
-    float sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
-    for (; t < ntok; ++t) sum += (sh[t] = std::exp(sh[t] - m));
-    st[h].add_sum(sum);
+  }
+#endif
+  for (int64_t t = 0; t < ntok; ++t) {
+    if (nv) prefetch_row(nv + t * ld, D);
+    to_float(vp + t * ld, vf + t * D, D);
   }
   if (vec_d) {  // acc_h += sum_t p[h][t] v_t, a head_dim chunk at a time, in registers
     for (int64_t d = 0; d < D; d += Vec::size()) {

@@ -53,25 +53,18 @@ struct SegmentRunner {
       const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
       const int64_t page = p.page_table[b * p.table_stride + lp];
       const int64_t ntok = std::min(ps, len - lp * ps);
-      if (j + 1 < j1) {  // ask for the next page early (the prefetchers stop at each 4 KB block)
+      const T *nk = nullptr, *nv = nullptr;  // the next page, prefetched while this one runs
+      if (j + 1 < j1) {
         const int64_t npage = p.page_table[b * p.table_stride + (list ? list[(j + 1) * sel->pages_stride[2]] : j + 1)];
-        for (int64_t t = 0; t < ps; ++t) {
-          const char* kr =
-              reinterpret_cast<const char*>(K + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
-          const char* vr =
-              reinterpret_cast<const char*>(V + npage * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2]);
-          for (int64_t o = 0; o < D * int64_t(sizeof(T)); o += 64) {
-            __builtin_prefetch(kr + o);
-            __builtin_prefetch(vr + o);
-          }
-        }
+        nk = K + npage * p.page_stride[0] + g * p.page_stride[2];
+        nv = V + npage * p.page_stride[0] + g * p.page_stride[2];
       }
       const T* kp = K + page * p.page_stride[0] + g * p.page_stride[2];
       const T* vp = V + page * p.page_stride[0] + g * p.page_stride[2];
       switch (G) {
 #define SA_STEP(NG)                                                                                              \
   page_step<T, NG>(kp, vp, p.page_stride[1], ntok, ps, D, G, qf.data(), qraw, io.q_stride[1], io.scale, kf.data(), \
-                   vf.data(), s.data(), acc, st)
+                   vf.data(), s.data(), acc, st, nk, nv)
         case 1: SA_STEP(1); break;
         case 2: SA_STEP(2); break;
         case 3: SA_STEP(3); break;  // SmolLM2 and other 3:1 GQA models
