@@ -56,24 +56,27 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// dst[i] = sum of the lanes of acc[i], i < n. Four at a time with AVX-512 (one shuffle tree
-// for four vectors instead of four full reductions: the reductions were the largest cost
-// of the score loop).
+#if defined(CPU_CAPABILITY_AVX512)
+// The lane sums of four vectors, [sum a0, sum a1, sum a2, sum a3]: one shuffle tree for
+// four vectors instead of four full reductions.
+inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  // Per 128-bit lane: t0 = [a0 02, a1 02, a0 13, a1 13] (sums of lane pairs), same for t1.
+  const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  // Per 128-bit lane: [a0, a1, a2, a3] partial sums.
+  const __m512 t2 = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm_add_ps(_mm_add_ps(_mm512_extractf32x4_ps(t2, 0), _mm512_extractf32x4_ps(t2, 1)),
+                    _mm_add_ps(_mm512_extractf32x4_ps(t2, 2), _mm512_extractf32x4_ps(t2, 3)));
+}
+#endif
+
+// dst[i] = sum of the lanes of acc[i], i < n (the reductions were the largest cost of the
+// score loop; four at a time with AVX-512).
 inline void hsum(const Vec* acc, int64_t n, float* dst) {
   int64_t i = 0;
 #if defined(CPU_CAPABILITY_AVX512)
-  for (; i + 4 <= n; i += 4) {
-    const __m512 a0 = acc[i], a1 = acc[i + 1], a2 = acc[i + 2], a3 = acc[i + 3];
-    // Per 128-bit lane: t0 = [a0 02, a1 02, a0 13, a1 13] (sums of lane pairs), same for t1.
-    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-    // Per 128-bit lane: [a0, a1, a2, a3] partial sums.
-    const __m512 t2 = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m128 r = _mm_add_ps(_mm_add_ps(_mm512_extractf32x4_ps(t2, 0), _mm512_extractf32x4_ps(t2, 1)),
-                                _mm_add_ps(_mm512_extractf32x4_ps(t2, 2), _mm512_extractf32x4_ps(t2, 3)));
-    _mm_storeu_ps(dst + i, r);
-  }
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, hsum4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
 #endif
   for (; i < n; ++i) dst[i] = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, acc[i]);
 }
@@ -127,21 +130,65 @@ __attribute__((target("avx512bf16"))) void scores_bf16(const c10::BFloat16* kp, 
 // with q+ = max(q, 0), q- = min(q, 0) (kmax >= kmin), i.e. two dot products, which the
 // bf16 dot-product instruction computes with exact products and float32 sums. q+/q- must
 // be exact in bf16 (q itself bf16), else the bound could fall below q . k.
+// All KV heads of the page in one call (head g's rows at mx + g * head_stride, its group's
+// queries at qpos/qneg + g * kG * D); out[g * out_stride] = the max (or sum) over the
+// group, reduced in registers: the group's four sums written to memory and read back one
+// by one cost 12% of the kernel.
 template <int kG>
 __attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16* mx, const c10::BFloat16* mn,
+                                                            int64_t head_stride, int64_t Hkv,
                                                             const c10::BFloat16* qpos, const c10::BFloat16* qneg,
-                                                            int64_t D, float* out) {
-  Vec a[kG];
-  for (int h = 0; h < kG; ++h) a[h] = Vec(0.f);
-  for (int64_t d = 0; d < D; d += 32) {
-    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mx + d));
-    const __m512bh n = reinterpret_cast<__m512bh>(_mm512_loadu_si512(mn + d));
-    for (int h = 0; h < kG; ++h) {
-      __m512 t = _mm512_dpbf16_ps(a[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qpos + h * D + d)), x);
-      a[h] = Vec(_mm512_dpbf16_ps(t, reinterpret_cast<__m512bh>(_mm512_loadu_si512(qneg + h * D + d)), n));
+                                                            int64_t D, bool sum_reduce, float* out,
+                                                            int64_t out_stride, const c10::BFloat16* next_mx,
+                                                            const c10::BFloat16* next_mn) {
+  for (int64_t g = 0; g < Hkv; ++g) {
+    if (next_mx) {  // a later page's rows, spread over this page's heads
+      prefetch_row(next_mx + g * head_stride, D);
+      prefetch_row(next_mn + g * head_stride, D);
     }
+    const c10::BFloat16* x_row = mx + g * head_stride;
+    const c10::BFloat16* n_row = mn + g * head_stride;
+    const c10::BFloat16* qp = qpos + g * kG * D;
+    const c10::BFloat16* qn = qneg + g * kG * D;
+    // Separate q+ kmax and q- kmin sums: two dependency chains per head instead of one.
+    Vec a[kG], c[kG];
+    for (int h = 0; h < kG; ++h) a[h] = c[h] = Vec(0.f);
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512bh x = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x_row + d));
+      const __m512bh n = reinterpret_cast<__m512bh>(_mm512_loadu_si512(n_row + d));
+      for (int h = 0; h < kG; ++h) {
+        a[h] = Vec(_mm512_dpbf16_ps(a[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qp + h * D + d)), x));
+        c[h] = Vec(_mm512_dpbf16_ps(c[h], reinterpret_cast<__m512bh>(_mm512_loadu_si512(qn + h * D + d)), n));
+      }
+    }
+    for (int h = 0; h < kG; ++h) a[h] = a[h] + c[h];
+    // Per-head totals, then their max (NaN totals ignored, as std::max(tot, x) ignores
+    // them) or sum, in registers.
+    float tot;
+    if constexpr (kG % 4 == 0) {
+      const __m128 ninf = _mm_set1_ps(-INFINITY);
+      __m128 r = sum_reduce ? _mm_setzero_ps() : ninf;
+      for (int h = 0; h < kG; h += 4) {
+        const __m128 t = hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]);
+        r = sum_reduce ? _mm_add_ps(r, t) : _mm_max_ps(_mm_max_ps(t, ninf), r);  // NaN -> -inf
+      }
+      if (sum_reduce) {
+        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_add_ss(r, _mm_movehdup_ps(r));
+      } else {
+        r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_max_ss(r, _mm_movehdup_ps(r));
+      }
+      tot = _mm_cvtss_f32(r);
+    } else {
+      tot = sum_reduce ? 0.f : -INFINITY;
+      for (int h = 0; h < kG; ++h) {
+        const float x = _mm512_reduce_add_ps(a[h]);
+        tot = sum_reduce ? tot + x : std::max(tot, x);
+      }
+    }
+    out[g * out_stride] = tot;
   }
-  hsum(a, kG, out);
 }
 #endif
 

@@ -76,29 +76,35 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
           continue;
         }
         const int64_t page = p.page_table[b * p.table_stride + j];
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
+        if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          if (fast_bf16) {
+            const c10::BFloat16* mxp = kmax + page * p.meta_stride[0];
+            const c10::BFloat16* mnp = kmin + page * p.meta_stride[0];
+            float* o = out + b * Hkv * p.max_pages + j;
+            const c10::BFloat16 *nmx = nullptr, *nmn = nullptr;  // the next page, prefetched
+            if (j + 1 < npages) {
+              const int64_t np = p.page_table[b * p.table_stride + j + 1];
+              nmx = kmax + np * p.meta_stride[0];
+              nmn = kmin + np * p.meta_stride[0];
+            }
+            switch (G) {
+#define SA_BOUNDS(NG) page_bounds_bf16<NG>(mxp, mnp, p.meta_stride[1], Hkv, qpos.data(), qneg.data(), D, sum_reduce, o, p.max_pages, nmx, nmn)
+              case 1: SA_BOUNDS(1); break;
+              case 2: SA_BOUNDS(2); break;
+              case 3: SA_BOUNDS(3); break;
+              case 4: SA_BOUNDS(4); break;
+              default: SA_BOUNDS(8); break;
+#undef SA_BOUNDS
+            }
+            continue;
+          }
+        }
+#endif
         for (int64_t g = 0; g < Hkv; ++g) {
           const float* qg = q + (b * heads_q + g * G) * D;
           const T* mxr = kmax + page * p.meta_stride[0] + g * p.meta_stride[1];
           const T* mnr = kmin + page * p.meta_stride[0] + g * p.meta_stride[1];
-#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
-          if constexpr (std::is_same_v<T, c10::BFloat16>) {
-            if (fast_bf16) {
-              const c10::BFloat16* qp = qpos.data() + g * G * D;
-              const c10::BFloat16* qn = qneg.data() + g * G * D;
-              switch (G) {
-                case 1: page_bounds_bf16<1>(mxr, mnr, qp, qn, D, r.data()); break;
-                case 2: page_bounds_bf16<2>(mxr, mnr, qp, qn, D, r.data()); break;
-                case 3: page_bounds_bf16<3>(mxr, mnr, qp, qn, D, r.data()); break;
-                case 4: page_bounds_bf16<4>(mxr, mnr, qp, qn, D, r.data()); break;
-                default: page_bounds_bf16<8>(mxr, mnr, qp, qn, D, r.data()); break;
-              }
-              float red = sum_reduce ? 0.f : -INFINITY;
-              for (int64_t h = 0; h < G; ++h) red = sum_reduce ? red + r[h] : std::max(red, r[h]);
-              out[(b * Hkv + g) * p.max_pages + j] = red;
-              continue;
-            }
-          }
-#endif
           to_float(mxr, mx.data(), D);
           to_float(mnr, mn.data(), D);
           switch (G) {
