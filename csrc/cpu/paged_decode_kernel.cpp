@@ -49,13 +49,26 @@ struct SegmentRunner {
     }
     std::fill(acc, acc + G * D, 0.f);
     const T* qraw = Q + b * io.q_stride[0] + g * G * io.q_stride[1];
+    // Prefetch about 16 KB of K/V ahead (2 pages of 16 x 128 bf16, 4 of 16 x 64): one page
+    // ahead left the core waiting on memory in cold steps (stream-K B=1 32k, 8 KV heads,
+    // head_dim 128: 55% -> 63% of the read bandwidth); 32 KB ahead measured lower again.
+    const int64_t page_bytes = 2 * ps * D * int64_t(sizeof(T));
+    const int64_t ahead = std::max<int64_t>(1, (16384 + page_bytes - 1) / page_bytes);
+    for (int64_t j = j0 + 1; j < std::min(j1, j0 + ahead); ++j) {  // the pages the loop's prefetch skips
+      const int64_t page = p.page_table[b * p.table_stride + (list ? list[j * sel->pages_stride[2]] : j)];
+      for (int64_t t = 0; t < ps; ++t) {
+        prefetch_row(K + page * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2], D);
+        prefetch_row(V + page * p.page_stride[0] + t * p.page_stride[1] + g * p.page_stride[2], D);
+      }
+    }
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t lp = list ? list[j * sel->pages_stride[2]] : j;  // logical page
       const int64_t page = p.page_table[b * p.table_stride + lp];
       const int64_t ntok = std::min(ps, len - lp * ps);
-      const T *nk = nullptr, *nv = nullptr;  // the next page, prefetched while this one runs
-      if (j + 1 < j1) {
-        const int64_t npage = p.page_table[b * p.table_stride + (list ? list[(j + 1) * sel->pages_stride[2]] : j + 1)];
+      const T *nk = nullptr, *nv = nullptr;  // a later page, prefetched while this one runs
+      if (j + ahead < j1) {
+        const int64_t npage =
+            p.page_table[b * p.table_stride + (list ? list[(j + ahead) * sel->pages_stride[2]] : j + ahead)];
         nk = K + npage * p.page_stride[0] + g * p.page_stride[2];
         nv = V + npage * p.page_stride[0] + g * p.page_stride[2];
       }

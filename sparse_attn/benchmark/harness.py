@@ -8,6 +8,7 @@ sets so that a warm cache does not flatter the op, the baseline timed in the sam
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["apply_common_args", "loadavg", "text_table", "time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
+__all__ = ["apply_common_args", "cache_evictor", "last_level_cache_bytes", "loadavg", "text_table", "time_fn", "time_interleaved", "cpu_busy_fraction", "machine_info", "read_bandwidth_gbs", "write_results", "plot", "machine_tag"]
 
 
 def _sync(device: str | None) -> None:
@@ -31,12 +32,13 @@ def _sync(device: str | None) -> None:
 
 
 def time_fn(fn: Callable[..., Any], inputs: Sequence[Sequence[Any]], *, warmup: int = 1,
-            repeats: int = 5, device: str | None = None) -> dict:
+            repeats: int = 5, device: str | None = None, before: Callable[[], Any] | None = None) -> dict:
     """Time ``fn(*inputs[i % len(inputs)])``; ``warmup`` untimed calls, then ``repeats`` timed ones.
 
     The call index keeps counting through warm-up and repeats, so consecutive calls read
     different input sets. Each call is timed on its own (``time.perf_counter``; on CUDA the
-    device is synchronized before and after). Returns seconds:
+    device is synchronized before and after); ``before()``, if given, runs untimed before
+    every timed call (e.g. :func:`cache_evictor`). Returns seconds:
     ``{"median", "min", "max", "mean", "times", "warmup", "repeats", "input_sets"}``.
     """
     if not inputs:
@@ -53,6 +55,8 @@ def time_fn(fn: Callable[..., Any], inputs: Sequence[Sequence[Any]], *, warmup: 
     for _ in range(repeats):
         args = inputs[i % n]
         i += 1
+        if before is not None:
+            before()
         _sync(device)
         t0 = time.perf_counter()
         fn(*args)
@@ -75,12 +79,14 @@ def _stats(times: list[float], warmup: int, repeats: int, n: int) -> dict:
 
 
 def time_interleaved(fns: Mapping[str, tuple[Callable[..., Any], Sequence[Sequence[Any]]]], *,
-                     warmup: int = 1, repeats: int = 5, device: str | None = None) -> dict:
+                     warmup: int = 1, repeats: int = 5, device: str | None = None,
+                     before: Callable[[], Any] | None = None) -> dict:
     """Time several ``name -> (fn, inputs)`` side by side, like :func:`time_fn` for each.
 
     Calls are interleaved (every repeat round times one call of each fn, in order), so load
     from other processes or clock drift hits the op and its baselines alike. A fn that raises
     is dropped from later rounds; its entry becomes ``{"error": "Type: message"}``.
+    ``before()``, if given, runs untimed before every timed call.
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
@@ -93,6 +99,8 @@ def time_interleaved(fns: Mapping[str, tuple[Callable[..., Any], Sequence[Sequen
         args = inputs[calls[name] % len(inputs)]
         calls[name] += 1
         try:
+            if timed and before is not None:
+                before()
             _sync(device)
             t0 = time.perf_counter()
             fn(*args)
@@ -210,6 +218,39 @@ def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
         times.append(time.perf_counter() - t0)
     del buf
     return n * 4 / statistics.median(times) / 1e9
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's last-level cache from sysfs, or None where it cannot be read."""
+    best = None
+    for idx in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size")):
+        text = _read_text(idx).strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            val = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        best = val if best is None else max(best, val)
+    return best
+
+
+def cache_evictor(nbytes: int | None = None) -> Callable[[], None]:
+    """A callable that reads a buffer of ``nbytes`` (default: twice the last-level cache,
+    at least 256 MiB), so the next timed call finds its data in memory, not in a cache.
+
+    Decode reads each KV byte once per step and a model's KV cache is far larger than the
+    caches, so decode is timed cold: a cache that fits in the last-level cache (480 MB on
+    some Xeons) would otherwise be read at cache speed from the second repeat on.
+    """
+    if nbytes is None:
+        nbytes = max(2 * (last_level_cache_bytes() or 0), 256 << 20)
+    buf = torch.ones(max(nbytes // 4, 1), dtype=torch.float32)
+
+    def evict() -> None:
+        torch.sum(buf)
+
+    evict.nbytes = nbytes  # type: ignore[attr-defined]
+    return evict
 
 
 def machine_tag() -> str:
