@@ -1,6 +1,9 @@
 // The only file that sees torch tensors: argument checks, dispatch by device, and
 // registration of the ops (torch.library schema + CPU kernels; fake kernels live in
 // sparse_attn/_ops.py) and of the pybind11 module sparse_attn._C (build facts).
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
@@ -722,6 +725,25 @@ PYBIND11_MODULE(_C, mod) {
         return slots;
       },
       "stream-K: per output, the number of partials (workers its tiles span)");
+  mod.def(
+      "flush_from_caches",
+      [](uintptr_t addr, int64_t nbytes) {
+        // For benchmarks: write back and drop every cache line of [addr, addr + nbytes) from
+        // all levels, so the next call reads it from memory while code and other data stay
+        // cached, as for a layer's KV cache inside a decode step. The caller passes a live
+        // tensor storage's range (harness.data_evictor); clflush does not fault on it.
+        TORCH_CHECK_VALUE(nbytes >= 0, "flush_from_caches: nbytes must be >= 0, got ", nbytes);
+#if defined(__x86_64__) || defined(_M_X64)
+        for (uintptr_t a = addr & ~uintptr_t(63); a < addr + static_cast<uintptr_t>(nbytes); a += 64)
+          _mm_clflush(reinterpret_cast<const void*>(a));
+        _mm_mfence();
+        return true;
+#else
+        return false;
+#endif
+      },
+      pybind11::arg("addr"), pybind11::arg("nbytes"),
+      "benchmarks: evict a memory range from every cache level (x86 clflush); False elsewhere");
   mod.def("cpu_kernel_isa", &sparse_attn::cpu::kernel_isa, "instruction set of the CPU kernel build in use");
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");

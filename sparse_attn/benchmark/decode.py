@@ -5,9 +5,13 @@ heads, head_dim 128) filled by ``prefill`` with randn keys/values, the same K/V 
 contiguous ``[B, S, H_kv, D]`` tensors for SDPA, and one randn query token per sequence.
 The machine's read bandwidth is measured in the same run (:func:`harness.read_bandwidth_gbs`).
 
-Timed, in turns (:func:`harness.time_interleaved`, median of repeats), each call cold: a read
-of twice the last-level cache runs untimed before every timed call (:func:`harness.cache_evictor`;
-on a CPU with a 480 MB last-level cache a 128 MB KV cache would otherwise be read from it):
+Timed, in turns (:func:`harness.time_interleaved`, median of repeats), each call cold: before
+every timed call the KV data (the paged cache with its metadata, and SDPA's contiguous K/V)
+is flushed from every cache level (``--cold data``, :func:`harness.data_evictor`), as for a
+layer's KV cache inside a decode step, while code and small tensors stay cached; on a CPU
+with a 480 MB last-level cache a 128 MB KV cache would otherwise be read from it.
+``--cold all`` reads twice the last-level cache instead (:func:`harness.cache_evictor`),
+which evicts the code too:
 
 * ``sdpa``: ``F.scaled_dot_product_attention(q[:, :, None], k.transpose(1, 2), v.transpose(1, 2),
   enable_gqa=True)``, dense decode over the contiguous cache;
@@ -30,8 +34,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import (apply_common_args, cache_evictor, cpu_busy_fraction, read_bandwidth_gbs, text_table, time_fn,
-                      time_interleaved)
+from .harness import (apply_common_args, cache_evictor, cpu_busy_fraction, data_evictor, read_bandwidth_gbs, text_table,
+                      time_fn, time_interleaved)
 from .prefill import NOISY_SPREAD, _fmt, _ok
 
 DENSE_BW_TARGET = 0.6
@@ -52,6 +56,7 @@ class DecodeConfig:
     warmup: int = 3
     repeats: int = 15
     seed: int = 0
+    cold: str = "data"  # what is evicted before each timed call: "data" (the KV tensors) or "all"
 
 
 def quick_config() -> DecodeConfig:
@@ -61,6 +66,9 @@ def quick_config() -> DecodeConfig:
 def add_arguments(parser) -> None:
     parser.add_argument("--dec-batches", type=int, nargs="+", help="decode: batch sizes (default 1 8)")
     parser.add_argument("--dec-budgets", type=int, nargs="+", help="decode: Quest token budgets (default 1024 2048)")
+    parser.add_argument("--cold", choices=["data", "all"],
+                        help="decode / stream_k: before each timed call evict the KV tensors from the caches "
+                             "(data, default) or read twice the last-level cache (all, code evicted too)")
 
 
 def config_from_args(args) -> DecodeConfig:
@@ -70,6 +78,8 @@ def config_from_args(args) -> DecodeConfig:
         cfg.batches = list(args.dec_batches)
     if getattr(args, "dec_budgets", None):
         cfg.budgets = list(args.dec_budgets)
+    if getattr(args, "cold", None):
+        cfg.cold = args.cold
     return cfg
 
 
@@ -79,11 +89,13 @@ def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[li
 
     bw = read_bandwidth_gbs()
     log(f"[decode] read bandwidth {bw:.1f} GB/s")
-    evict = cache_evictor()
+    llc = cache_evictor() if cfg.cold == "all" else None
+    cold = ("the KV tensors (paged cache, metadata, SDPA's K/V) flushed from every cache level (clflush)"
+            if cfg.cold == "data" else f"a {llc.nbytes >> 20} MiB read (twice the last-level cache)")
     meta: dict[str, Any] = {"suite": "decode", "config": asdict(cfg), "read_bandwidth_gbs": bw,
                             "other_cpu_busy_start": cpu_busy_fraction(),
                             "timing": "sdpa, dense and quest steps interleaved call by call, median of repeats; "
-                                      f"every timed call cold (a {evict.nbytes >> 20} MiB read before it)",
+                                      f"every timed call cold: before it, {cold}",
                             "targets": {"dense_bw_fraction_min": DENSE_BW_TARGET,
                                         "quest_speedup_vs_sdpa_min_at_32768_budget_2048": QUEST_SPEEDUP_TARGET,
                                         "quest_floor_fraction_min": QUEST_FLOOR_TARGET}}
@@ -91,13 +103,13 @@ def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[li
     dtype = getattr(torch, cfg.dtype)
     for B in cfg.batches:
         for S in cfg.contexts:
-            rows += _run_case(cfg, sa, dtype, B, S, bw, log, evict)
+            rows += _run_case(cfg, sa, dtype, B, S, bw, log, llc)
             gc.collect()
     meta["other_cpu_busy_end"] = cpu_busy_fraction()
     return rows, meta
 
 
-def _run_case(cfg, sa, dtype, B, S, bw, log, evict) -> list[dict]:
+def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
     g = torch.Generator().manual_seed(cfg.seed * 1000003 + B * 7919 + S)
     Hq, Hkv, D, ps = cfg.heads_q, cfg.heads_kv, cfg.head_dim, cfg.page_size
     k = torch.randn(B, S, Hkv, D, generator=g).to(dtype)
@@ -108,6 +120,7 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, evict) -> list[dict]:
     cache.prefill(k, v, torch.full((B,), S))
     kh, vh = k.transpose(1, 2), v.transpose(1, 2)
     out = torch.empty_like(q)
+    evict = llc or data_evictor(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k, v)
 
     def sdpa():
         return F.scaled_dot_product_attention(q[:, :, None], kh, vh, enable_gqa=True)

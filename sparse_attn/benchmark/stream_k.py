@@ -8,8 +8,9 @@ shape) and head_dim 128 with 8 / 32; batch 1 at 32768 tokens and the ragged batc
 (sequence, KV head) (a plan whose tile is a whole output and one worker per output), which
 leaves a thread idle when the outputs do not divide evenly over the threads.
 Targets: stream-K >= 60% of the read bandwidth, and >= 1.4x the baseline where it leaves a
-thread idle (batch 1, 3 KV heads, 2 threads). Every timed call is cold: a read of twice the
-last-level cache runs untimed before it (:func:`harness.cache_evictor`).
+thread idle (batch 1, 3 KV heads, 2 threads). Every timed call is cold, as in the decode
+suite: the paged cache is flushed from the caches before it (``--cold data``), or twice the
+last-level cache is read (``--cold all``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any, Callable
 
 import torch
 
-from .harness import apply_common_args, cache_evictor, cpu_busy_fraction, read_bandwidth_gbs, text_table, time_interleaved
+from .harness import (apply_common_args, cache_evictor, cpu_busy_fraction, data_evictor, read_bandwidth_gbs, text_table,
+                      time_interleaved)
 from .prefill import _fmt, _ok
 
 BW_TARGET = 0.6
@@ -33,6 +35,7 @@ class StreamKConfig:
     page_size: int = 16
     warmup: int = 3
     repeats: int = 15
+    cold: str = "data"  # evicted before each timed call: "data" (the paged cache) or "all" (harness)
 
 
 def quick_config() -> StreamKConfig:
@@ -40,8 +43,11 @@ def quick_config() -> StreamKConfig:
 
 
 def config_from_args(args) -> StreamKConfig:
-    return apply_common_args(quick_config() if getattr(args, "quick", False) else StreamKConfig(), args,
-                             seqlens_field=None)
+    cfg = apply_common_args(quick_config() if getattr(args, "quick", False) else StreamKConfig(), args,
+                            seqlens_field=None)
+    if getattr(args, "cold", None):  # the option is declared by the decode suite (shared parser)
+        cfg.cold = args.cold
+    return cfg
 
 
 def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
@@ -50,11 +56,13 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
 
     bw = read_bandwidth_gbs()
     threads = torch.get_num_threads()
-    evict = cache_evictor()  # decode is timed cold, as in the decode suite
+    llc = cache_evictor() if cfg.cold == "all" else None  # decode is timed cold, as in the decode suite
+    cold = ("the paged cache flushed from every cache level (clflush)" if cfg.cold == "data"
+            else f"a {llc.nbytes >> 20} MiB read (twice the last-level cache)")
     meta: dict[str, Any] = {"suite": "stream_k", "config": asdict(cfg), "read_bandwidth_gbs": bw, "threads": threads,
                             "other_cpu_busy_start": cpu_busy_fraction(),
                             "timing": "stream-K, per (seq, head) and fixed chunks interleaved call by call, median of "
-                                      f"repeats; every timed call cold (a {evict.nbytes >> 20} MiB read before it)"}
+                                      f"repeats; every timed call cold: before it, {cold}"}
     rows = []
     for Hq, Hkv, D in cfg.shapes:
         for lens in cfg.batches:
@@ -67,6 +75,7 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
             del k
             q = torch.randn(B, Hq, D, generator=g).to(torch.bfloat16)
             out = torch.empty_like(q)
+            evict = llc or data_evictor(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min)
             plan = sa.plan_decode(cache, heads_q=Hq)
             per_head = sa.plan_decode(cache, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
             err = float((sa.paged_decode_attention(q, cache, plan=plan).float()
