@@ -666,3 +666,21 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.sparse_attn.paged_decode_attention,
                               (q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, p, c,
                                torch.zeros_like(q), 0.3))
+
+
+def test_large_pools_are_huge_page_aligned_zeros(monkeypatch):
+    # 2048 pages x 16 x 2 x 128 bf16 = 16 MB per K/V pool: aligned to 2 MB for huge pages;
+    # the metadata (1 MB) is below the threshold and allocated plainly.
+    cache = PagedKVCache(2048, 16, 2, 128, batch_size=1, max_pages_per_seq=2048)
+    for t in (cache.k_pages, cache.v_pages):
+        assert t.data_ptr() % (2 << 20) == 0
+        assert t.shape == (2048, 16, 2, 128) and not t.any()
+    assert not cache.k_max.any() and not cache.k_min.any()
+    k = torch.randn(1, 100, 2, 128, dtype=torch.bfloat16)
+    cache.prefill(k, k, torch.tensor([100]))
+    monkeypatch.setenv("SPARSE_ATTN_HUGE_PAGES", "0")
+    plain = PagedKVCache(2048, 16, 2, 128, batch_size=1, max_pages_per_seq=2048)
+    plain.prefill(k, k, torch.tensor([100]))
+    for a, b in ((cache.k_pages, plain.k_pages), (cache.v_pages, plain.v_pages), (cache.k_max, plain.k_max),
+                 (cache.k_min, plain.k_min)):
+        assert a.stride() == b.stride() and torch.equal(a, b)
