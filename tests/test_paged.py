@@ -684,3 +684,41 @@ def test_large_pools_are_huge_page_aligned_zeros(monkeypatch):
     for a, b in ((cache.k_pages, plain.k_pages), (cache.v_pages, plain.v_pages), (cache.k_max, plain.k_max),
                  (cache.k_min, plain.k_min)):
         assert a.stride() == b.stride() and torch.equal(a, b)
+
+
+def _metadata_by_rule(keys):
+    """The write rule token by token (paged.h write_token_head): the first slot sets, later
+    ones replace max (min) only where x > max (x < min) in float32; NaN never replaces."""
+    mx, mn = keys[0].clone(), keys[0].clone()
+    for x in keys[1:]:
+        xf, mxf, mnf = x.float(), mx.float(), mn.float()
+        mx = torch.where(xf > mxf, x, mx)
+        mn = torch.where(xf < mnf, x, mn)
+    return mx, mn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 40])  # vector path and the scalar fallback (40 % 16 != 0)
+def test_metadata_rule_with_signed_zeros_nan_inf(dtype, D):
+    g = torch.Generator().manual_seed(D)
+    ps, Hkv, S = 16, 2, 300  # >= 256 tokens: the bucketed parallel write
+    k = torch.randn(1, S, Hkv, D, generator=g).to(dtype)
+    # KV head 0: almost only +-0 and NaN (ties of signed zeros decide max and min); head 1:
+    # randn with 30% of +-0, NaN, +-inf.
+    special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf")]).to(dtype)
+    idx = torch.randint(0, special.numel(), (1, S, Hkv, D), generator=g)
+    idx[:, :, 0] %= 3
+    p = torch.tensor([0.95, 0.3]).view(1, 1, Hkv, 1)
+    k = torch.where(torch.rand(1, S, Hkv, D, generator=g) < p, special[idx], k)
+    cache = PagedKVCache(32, ps, Hkv, D, batch_size=1, max_pages_per_seq=32, dtype=dtype)
+    cache.prefill(k[:, :290], k[:, :290], torch.tensor([290]))
+    for t in range(290, S):  # appends cross a page end
+        cache.append(k[:, t], k[:, t])
+    for j in range(-(-S // ps)):
+        page = int(cache.page_table[0, j])
+        for h in range(Hkv):
+            mx, mn = _metadata_by_rule(k[0, j * ps:(j + 1) * ps, h])
+            # bit for bit: compare the raw bits (NaN == NaN, -0 != +0)
+            bits = torch.int32 if dtype == torch.float32 else torch.int16
+            assert torch.equal(cache.k_max[page, h].view(bits), mx.view(bits)), (j, h)
+            assert torch.equal(cache.k_min[page, h].view(bits), mn.view(bits)), (j, h)
