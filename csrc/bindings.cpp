@@ -634,7 +634,7 @@ at::Tensor paged_decode_stream_k_cpu(const at::Tensor& q, const at::Tensor& k_pa
 
 #ifdef SA_WITH_CUDA
 namespace sparse_attn {
-int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q);  // bindings_cuda_decode.cpp
+int64_t cuda_decode_max_workers(DType dt, int64_t head_dim, int64_t G, int device);  // bindings_cuda_decode.cpp
 }
 #endif
 
@@ -748,9 +748,19 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("cpu_bf16_packed_brgemm", &sparse_attn::cpu::uses_amx_bf16,
           "True if bf16 tiles run through oneDNN's packed (VNNI/AMX) brgemm on this CPU");
 #ifdef SA_WITH_CUDA
-  mod.def("cuda_decode_max_workers", &sparse_attn::cuda_decode_max_workers, pybind11::arg("k_pages"),
-          pybind11::arg("heads_q"),
-          "CUDA paged decode: CTAs resident at once on k_pages' device (the default plan_decode workers)");
+  mod.def(
+      "cuda_decode_max_workers",
+      [](int device, const std::string& dtype, int64_t head_dim, int64_t group) {
+        // Plain values, not a tensor: this module's pybind11 has no at::Tensor caster.
+        TORCH_CHECK_VALUE(dtype == "bfloat16" || dtype == "float16", "cuda_decode_max_workers: dtype must be "
+                          "'bfloat16' or 'float16', got '", dtype, "'");
+        return sparse_attn::cuda_decode_max_workers(
+            dtype == "bfloat16" ? sparse_attn::DType::kBFloat16 : sparse_attn::DType::kFloat16, head_dim, group,
+            device);
+      },
+      pybind11::arg("device"), pybind11::arg("dtype"), pybind11::arg("head_dim"), pybind11::arg("group"),
+      "CUDA paged decode: CTAs of the decode kernel resident at once on a device (the default plan_decode "
+      "workers); dtype 'bfloat16' or 'float16', group = query heads per KV head");
   mod.attr("cuda_compiled") = true;
   mod.attr("cuda_archs") = SA_CUDA_ARCHS;
   mod.attr("cutlass_version") = SA_CUTLASS_VERSION;

@@ -28,22 +28,29 @@
 
 namespace sparse_attn {
 
-// The default worker count of a CUDA plan (pybind: _C.cuda_decode_max_workers).
+// The resident CTAs of the decode kernel for (dtype, head_dim, group) on `device`: the default
+// worker count of a CUDA plan (pybind: _C.cuda_decode_max_workers, which takes plain values
+// because the module's pybind11 has no at::Tensor caster).
+int64_t cuda_decode_max_workers(DType dt, int64_t head_dim, int64_t G, int device) {
+  TORCH_CHECK_VALUE(cuda::decode_supported(dt, head_dim, G),
+                    "paged decode on CUDA supports bfloat16 and float16, head_dim 64 or 128, and up to 16 query heads "
+                    "per KV head; got ", (dt == DType::kBFloat16 ? "bfloat16" : dt == DType::kFloat16 ? "float16" : "float32"), ", head_dim ", head_dim, ", ", G,
+                    " (use a CPU cache for other cases)");
+  int64_t workers = 0;
+  const cudaError_t err = cuda::decode_max_workers(dt, head_dim, G, device, &workers);
+  TORCH_CHECK(err == cudaSuccess, "occupancy query of ", cuda::decode_kernel_name(dt, head_dim), " failed: ",
+              cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  return workers;
+}
+
 int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q) {
   TORCH_CHECK_VALUE(k_pages.is_cuda() && k_pages.dim() == 4, "cuda_decode_max_workers: k_pages must be a CUDA "
                     "[num_pages, page_size, heads_kv, head_dim] tensor");
-  const int64_t G = heads_q / k_pages.size(2);
+  TORCH_CHECK_VALUE(k_pages.size(2) >= 1 && heads_q % k_pages.size(2) == 0, "cuda_decode_max_workers: heads_q (",
+                    heads_q, ") must be a multiple of heads_kv (", k_pages.size(2), ")");
   const DType dt = k_pages.scalar_type() == at::kHalf ? DType::kFloat16
                    : k_pages.scalar_type() == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
-  TORCH_CHECK_VALUE(cuda::decode_supported(dt, k_pages.size(3), G),
-                    "paged decode on CUDA supports bfloat16 and float16, head_dim 64 or 128, and up to 16 query heads "
-                    "per KV head; got ", k_pages.scalar_type(), ", head_dim ", k_pages.size(3), ", ", G,
-                    " (use a CPU cache for other cases)");
-  int64_t workers = 0;
-  const cudaError_t err = cuda::decode_max_workers(dt, k_pages.size(3), G, k_pages.get_device(), &workers);
-  TORCH_CHECK(err == cudaSuccess, "occupancy query of ", cuda::decode_kernel_name(dt, k_pages.size(3)), " failed: ",
-              cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
-  return workers;
+  return cuda_decode_max_workers(dt, k_pages.size(3), heads_q / k_pages.size(2), k_pages.get_device());
 }
 
 namespace {
@@ -84,9 +91,6 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
   TORCH_CHECK_VALUE(vec_ok(k_pages) && vec_ok(v_pages), "paged decode on CUDA needs k_pages / v_pages with a "
                     "16-byte aligned base and strides that are multiples of 8 elements (PagedKVCache's are)");
   cuda::DecodeArgs args;
-  // The validated host copies have the device copies' strides: swap in the device pointers.
-  in.p.page_table = pt.dev.data_ptr<int32_t>(), in.p.seqlens = sl.dev.data_ptr<int32_t>();
-  if (pg) in.sel.pages = pg->dev.data_ptr<int32_t>(), in.sel.counts = ct->dev.data_ptr<int32_t>();
 
   PlanTensors plan;
   if (given) {
@@ -118,6 +122,10 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
   check_device(plan.ws_acc, q, "ws_acc");
   args.plan = make_stream_k_plan(in.p, in.selected ? &in.sel : nullptr, G, off_h, sb_h, plan.workers, plan.tile_pages,
                                  plan.ws_state, plan.ws_acc);
+  // make_stream_k_plan read seqlens / counts through in.p / in.sel, so they still pointed at the
+  // host copies; those have the device copies' strides: now swap in the device pointers.
+  in.p.page_table = pt.dev.data_ptr<int32_t>(), in.p.seqlens = sl.dev.data_ptr<int32_t>();
+  if (pg) in.sel.pages = pg->dev.data_ptr<int32_t>(), in.sel.counts = ct->dev.data_ptr<int32_t>();
   args.slots = sb_h.data_ptr<int64_t>()[in.p.batch * Hkv];
   TORCH_CHECK_VALUE(plan.ws_state.numel() >= args.slots * G * 2 + args.slots,
                     "plan: on CUDA ws_state also holds one int32 flag per partial slot (", args.slots * G * 2 + args.slots,
@@ -162,8 +170,6 @@ at::Tensor paged_decode_stream_k_cuda(const at::Tensor& q, const at::Tensor& k_p
 }  // namespace
 }  // namespace sparse_attn
 
-// paged_kv_write, quest_scores and quest_select have no CUDA kernel yet: the dispatcher's
-// "no kernel for CUDA" error is what a caller sees.
 TORCH_LIBRARY_IMPL(sparse_attn, CUDA, m) {
   m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cuda);
   m.impl("paged_decode_stream_k", &sparse_attn::paged_decode_stream_k_cuda);

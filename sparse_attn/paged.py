@@ -313,6 +313,15 @@ class DecodePlan:
         return int(self.offsets[-1])
 
 
+def cuda_max_workers(k_pages: torch.Tensor, heads_q: int) -> int:
+    """CTAs of the CUDA decode kernel resident at once for ``k_pages``' dtype, head_dim and device
+    with ``heads_q`` query heads: the default worker count of a CUDA plan."""
+    from . import _C
+
+    return _C.cuda_decode_max_workers(k_pages.device.index, str(k_pages.dtype).removeprefix("torch."),
+                                      k_pages.shape[3], heads_q // k_pages.shape[2])
+
+
 def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tensor] = None,
                 counts: Optional[torch.Tensor] = None, num_workers: Optional[int] = None,
                 tile_tokens: Optional[int] = None) -> DecodePlan:
@@ -345,7 +354,7 @@ def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tens
     if num_workers is not None:
         workers = _check_int("num_workers", num_workers, 1, op)
     elif on_cuda:  # one CTA per worker, as many as are resident at once (the in-kernel fix-up needs that)
-        workers = _C.cuda_decode_max_workers(cache.k_pages, heads_q)
+        workers = cuda_max_workers(cache.k_pages, heads_q)
     else:
         workers = torch.get_num_threads()
     tile_pages = max(1, (256 if tile_tokens is None else _check_int("tile_tokens", tile_tokens, 1, op)) // ps)

@@ -9,7 +9,8 @@ import torch
 
 from sparse_attn import _C
 from sparse_attn import reference as ref
-from sparse_attn.paged import PagedKVCache, paged_decode_attention, plan_decode, quest_scores, select_pages
+from sparse_attn.paged import (PagedKVCache, cuda_max_workers, paged_decode_attention, plan_decode, quest_scores,
+                               select_pages)
 
 from conftest import CUDA_OK, assert_close_2x, assert_lse_close, same_precision_decode
 
@@ -94,7 +95,7 @@ def test_every_worker_count_and_repeated_launches(select):
     cc, gc, q, pages, counts = case(LENS, Hq, Hkv, D, dtype, ps, select, seed=5)
     qd = q.cuda()
     pd, cd = (None, None) if pages is None else (pages.cuda(), counts.cuda())
-    cap = _C.cuda_decode_max_workers(gc.k_pages, Hq)
+    cap = cuda_max_workers(gc.k_pages, Hq)
     for workers in sorted(set(list(range(1, 40)) + [cap - 1, cap, cap + 1, 2 * cap + 3])):
         plan = plan_decode(gc, heads_q=Hq, pages=pd, counts=cd, num_workers=max(1, workers), tile_tokens=32)
         first = None
