@@ -76,6 +76,11 @@ git -C "$ROOT" status --short >>"$OUT/git_head.txt" 2>&1
 {
   if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi: not found"; fi
   command -v nvcc >/dev/null && nvcc --version
+  # The host compiler matters: on the first GPU machine (2026-11-22) the image's default
+  # /opt/gcc/bin/g++ gave a module that crashed inside libstdc++'s stream code whenever an
+  # error message formatted a number; /usr/bin/g++ (same GCC 13.3) was fine. Set CXX to choose.
+  echo "CXX=${CXX:-<unset>} CC=${CC:-<unset>} CUDAHOSTCXX=${CUDAHOSTCXX:-<unset>}; g++ on PATH: $(command -v g++)"
+  "${CXX:-g++}" --version | head -1
   "$PY" -c 'import sys, torch; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "devices", torch.cuda.device_count()); [print(" ", torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]'
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -105,8 +110,21 @@ print("sparse_attn:", sparse_attn.__file__)
 print("_C:", C.__file__)
 print("_C attributes:", ", ".join(a for a in dir(C) if not a.startswith("__")))
 assert torch.cuda.is_available(), "torch sees no CUDA device"
+# An error message that formats numbers, raised from the extension on the CPU and on the GPU:
+# a toolchain that breaks libstdc++ in the module crashes here instead of raising.
+for dev in ("cpu", "cuda"):
+    try:
+        torch.ops.sparse_attn.quest_select(torch.zeros(1, 1, 2, device=dev), torch.tensor([99], dtype=torch.int32, device=dev), 16, 16, 0, 0)
+    except ValueError as e:
+        assert "99" in str(e), e
+        print(dev, "error message ok:", str(e).splitlines()[0])
+    else:
+        raise AssertionError("quest_select accepted seqlens 99 for 2 pages of 16")
 '
-if [[ $? == 0 ]]; then record import PASS; else record import FAIL "see import.log"; fi
+rc=$?
+if [[ $rc == 0 ]]; then record import PASS
+elif [[ $rc -ge 128 ]]; then record import FAIL "crashed (signal $((rc - 128))): rebuild with another host compiler, e.g. CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++"
+else record import FAIL "see import.log"; fi
 
 # ---------------------------------------------------------------- ptxas
 cat "$OUT/build.log" "$OUT/build_inplace.log" >"$OUT/ptxas_source.log" 2>/dev/null
@@ -199,13 +217,13 @@ fi
 # ---------------------------------------------------------------- CUDA prefill benchmark
 # bench/gpu_prefill.py: the CUDA engine (block-sparse, streaming, vertical-slash) vs SDPA (flash
 # backend) and flex_attention, 8k..128k.
-run_step gpu_prefill gpu_prefill.log "$PY" bench/gpu_prefill.py ${GPU_BENCH_ARGS:-} --out "$OUT"
+run_step gpu_prefill gpu_prefill.log env PYTHONPATH="$ROOT" "$PY" bench/gpu_prefill.py ${GPU_BENCH_ARGS:-} --out "$OUT"
 rc=$?
 if [[ $rc == 0 ]]; then record gpu_prefill PASS; else record gpu_prefill FAIL "exit $rc, see gpu_prefill.log"; fi
 
 # ---------------------------------------------------------------- CUDA decode benchmark
 # bench/gpu_decode.py: dense paged and Quest decode vs SDPA, batch 1..64, contexts 8k..512k.
-run_step gpu_decode gpu_decode.log "$PY" bench/gpu_decode.py ${GPU_BENCH_ARGS:-} --out "$OUT"
+run_step gpu_decode gpu_decode.log env PYTHONPATH="$ROOT" "$PY" bench/gpu_decode.py ${GPU_BENCH_ARGS:-} --out "$OUT"
 rc=$?
 if [[ $rc == 0 ]]; then record gpu_decode PASS; else record gpu_decode FAIL "exit $rc, see gpu_decode.log"; fi
 
