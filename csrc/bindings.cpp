@@ -426,7 +426,9 @@ PagedKVParams make_quest_scores(const at::Tensor& q, const at::Tensor& k_max, co
   TORCH_CHECK_VALUE(k_min.sizes() == k_max.sizes() && k_min.strides() == k_max.strides() &&
                         k_min.scalar_type() == k_max.scalar_type(),
                     "k_min must match k_max (shape, strides, dtype)");
+  to_dtype(k_max, "k_max");  // here, not only where the CPU op calls a kernel: for every engine and size
   const int64_t Hkv = k_max.size(1), D = k_max.size(2);
+  TORCH_CHECK_VALUE(Hkv >= 1, "k_max must have heads_kv >= 1, got shape ", k_max.sizes());  // before % Hkv
   TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0,
                     "q must be [batch, heads_q, head_dim] with batch ", page_table.size(0), ", head_dim ", D,
                     " and heads_q a multiple of ", Hkv, ", got shape ", q.sizes());
@@ -543,6 +545,7 @@ PagedDecodeInputs make_paged_decode(const at::Tensor& q, const at::Tensor& k_pag
   check_pages_tensor(k_pages, "k_pages");
   check_pages_tensor(v_pages, "v_pages");
   const int64_t Hkv = k_pages.size(2), D = k_pages.size(3);
+  TORCH_CHECK_VALUE(Hkv >= 1, "k_pages must have heads_kv >= 1, got shape ", k_pages.sizes());  // before % Hkv
   TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0 &&
                         q.stride(2) == 1,
                     "q must be [batch, heads_q, head_dim] (last dim contiguous) with batch ", page_table.size(0),

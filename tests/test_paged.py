@@ -615,6 +615,28 @@ def test_scores_and_selection_argument_errors():
         select_pages(s, cache, token_budget=64, sink_pages=-1)
 
 
+def test_zero_kv_heads_and_metadata_dtype_raise_value_error():
+    """heads_kv == 0 (a division by zero in the checks before: SIGFPE) and k_max of a dtype no
+    engine reads raise ValueError naming the tensor, also where no kernel would run (batch 0)."""
+    ops = torch.ops.sparse_attn
+    g = _gen(11)
+    q = _randn((2, 4, 16), torch.float32, g)
+    table, sl = torch.zeros(2, 3, dtype=torch.int32), torch.tensor([5, 0], dtype=torch.int32)
+    no_heads = torch.empty(6, 0, 16)
+    for sum_reduce in (False, True):
+        with pytest.raises(ValueError, match=r"k_max must have heads_kv >= 1, got shape \[6, 0, 16\]"):
+            ops.quest_scores(q, no_heads, no_heads, table, sl, 16, sum_reduce)
+    pool = torch.empty(6, 16, 0, 16)
+    with pytest.raises(ValueError, match=r"k_pages must have heads_kv >= 1, got shape \[6, 16, 0, 16\]"):
+        ops.paged_decode_attention(q, pool, pool, table, sl, None, None, torch.empty_like(q), 0.25)
+    meta = torch.randn(6, 2, 16, generator=g)
+    for dt in (torch.float64, torch.int32):
+        m = meta.to(dt)
+        for b in (2, 0):  # batch 0: an empty result, no kernel call
+            with pytest.raises(ValueError, match=r"k_max must be float32, bfloat16 or float16, got (Double|Int)"):
+                ops.quest_scores(q[:b], m, m, table[:b], sl[:b], 16, False)
+
+
 def test_bad_page_table_and_seqlens_are_caught():
     """A used logical page pointing outside the pool, and seqlens beyond the table, are
     rejected by the ops themselves (the cache object cannot produce them)."""
