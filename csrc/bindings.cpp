@@ -384,6 +384,22 @@ PagedKVWrite make_paged_write(const at::Tensor& k_pages, const at::Tensor& v_pag
   check_meta_tensor(k_max, "k_max", k_pages);
   check_meta_tensor(k_min, "k_min", k_pages);
   TORCH_CHECK_VALUE(k_min.strides() == k_max.strides(), "k_min must have k_max's strides");
+  // The four tensors written must not share memory, with themselves (a stride-0 dimension) or
+  // with each other: the kernels write them in parallel and widen k_max / k_min in place.
+  // The tests of assert_no_internal_overlap / assert_no_overlap (ATen/MemoryOverlap.h), as a
+  // ValueError naming the tensors; memory too hard to tell (TooHard) is let through, as there.
+  const std::pair<const at::Tensor*, const char*> written[] = {
+      {&k_pages, "k_pages"}, {&v_pages, "v_pages"}, {&k_max, "k_max"}, {&k_min, "k_min"}};
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& [t, name] = written[i];
+    TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, name,
+                      " has elements that share memory (an expanded tensor?); paged_kv_write writes it in place");
+    for (size_t j = 0; j < i; ++j) {
+      const at::MemOverlapStatus st = at::get_overlap_status(*t, *written[j].first);
+      TORCH_CHECK_VALUE(st != at::MemOverlapStatus::Full && st != at::MemOverlapStatus::Partial, name,
+                        " overlaps ", written[j].second, " in memory; paged_kv_write writes both in place");
+    }
+  }
   const int64_t N = page_ids.numel();
   for (const auto* t : {&k, &v}) {
     const char* name = t == &k ? "k" : "v";

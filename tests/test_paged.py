@@ -637,6 +637,46 @@ def test_zero_kv_heads_and_metadata_dtype_raise_value_error():
                 ops.quest_scores(q[:b], m, m, table[:b], sl[:b], 16, False)
 
 
+def test_paged_kv_write_rejects_overlapping_outputs():
+    """k_pages, v_pages, k_max and k_min are written in place: one sharing memory with itself
+    (stride 0) or with another is a ValueError naming both, and nothing is written."""
+    ops = torch.ops.sparse_attn
+    g = _gen(12)
+    P, ps, Hkv, D = 4, 8, 2, 16
+    pool = lambda: torch.randn(P, ps, Hkv, D, generator=g)  # noqa: E731
+    meta = lambda: torch.randn(P, Hkv, D, generator=g)  # noqa: E731
+    k, v = torch.randn(3, Hkv, D, generator=g), torch.randn(3, Hkv, D, generator=g)
+    ids, slots = torch.tensor([0, 1, 3], dtype=torch.int32), torch.tensor([0, 5, 7], dtype=torch.int32)
+    kp, vp, mx, mn = pool(), pool(), meta(), meta()
+    flat = torch.randn(P * ps * Hkv * D + P * Hkv * D + 8, generator=g)
+    in_kp = flat[:P * ps * Hkv * D].view(P, ps, Hkv, D)  # a pool and views into its storage
+    shifted = flat[8:8 + P * Hkv * D].view(P, Hkv, D)  # overlaps in_kp's start
+    two = torch.randn(P + 1, Hkv, D, generator=g)
+    cases = [  # (k_pages, v_pages, k_max, k_min), match
+        ((pool()[:1].expand(P, ps, Hkv, D), pool()[:1].expand(P, ps, Hkv, D), mx, mn),
+         "k_pages has elements that share memory"),
+        ((kp, vp, meta()[:, :1].expand(P, Hkv, D), meta()[:, :1].expand(P, Hkv, D)),
+         "k_max has elements that share memory"),
+        ((kp, kp, mx, mn), "v_pages overlaps k_pages in memory"),
+        ((kp, vp.view_as(kp), mx, mn.view_as(mn)), None),  # distinct views of distinct memory: fine
+        ((kp, vp, mx, mx), "k_min overlaps k_max in memory"),
+        ((kp, vp, mx, mx.view(P, Hkv, D)), "k_min overlaps k_max in memory"),  # a view, same memory
+        ((kp, vp, two[:-1], two[1:]), "k_min overlaps k_max in memory"),  # partial overlap
+        ((in_kp, vp, shifted, mn), "k_max overlaps k_pages in memory"),
+        ((in_kp, vp, mx, shifted), "k_min overlaps k_pages in memory"),
+        ((kp, in_kp, mx, shifted), "k_min overlaps v_pages in memory"),
+    ]
+    for (a, b, c, d), match in cases:
+        before = [t.clone() for t in (a, b, c, d)]
+        if match is None:
+            ops.paged_kv_write(a, b, c, d, k, v, ids, slots)
+            assert torch.equal(a[1, 5], k[1]) and torch.equal(b[3, 7], v[2])
+            continue
+        with pytest.raises(ValueError, match=match):
+            ops.paged_kv_write(a, b, c, d, k, v, ids, slots)
+        assert all(torch.equal(t, t0) for t, t0 in zip((a, b, c, d), before)), f"{match}: written"
+
+
 def test_bad_page_table_and_seqlens_are_caught():
     """A used logical page pointing outside the pool, and seqlens beyond the table, are
     rejected by the ops themselves (the cache object cannot produce them)."""
