@@ -257,6 +257,79 @@ def test_scores_match_reference_and_bound_every_key(dtype, case, group_reduce):
     check_bounds_hold(s, q, cache, mag, group_reduce, case)
 
 
+def bounds_by_rule(q, cache, group_reduce):
+    """quest_scores by quest_bound's rule (paged.h), in float64 from the stored metadata: a zero
+    q_d contributes 0 whatever k_max / k_min hold; otherwise max(q kmax, q kmin), NaN if either
+    product is; the heads' sums reduced by max (NaN heads ignored: -inf if all are) or sum."""
+    B, Hq, D = q.shape
+    Hkv, P = cache.k_max.shape[1], cache.page_table.shape[1]
+    out = torch.full((B, Hkv, P), float("-inf"), dtype=torch.float64)
+    for b in range(B):
+        ids = cache.page_table[b, :_npages(cache, b)].long().cpu()
+        mx, mn = (t.cpu()[ids].double()[:, :, None] for t in (cache.k_max, cache.k_min))  # [n, Hkv, 1, D]
+        qb = q[b].cpu().double().view(1, Hkv, Hq // Hkv, D)
+        per_head = torch.where(qb == 0, 0.0, torch.maximum(qb * mx, qb * mn)).sum(-1)  # [n, Hkv, G]
+        red = per_head.sum(-1) if group_reduce == "sum" else \
+            torch.where(per_head.isnan(), float("-inf"), per_head).amax(-1)
+        out[b, :, :len(ids)] = red.T
+    return out
+
+
+def put_special_metadata(cache, q):
+    """+-inf and NaN in the metadata of every used page: in channels 0-7, where q is set to 0,
+    every (k_max, k_min) combination of them (each page and head has all eight, so a bound
+    that lets 0 x inf through is NaN everywhere); and in channels 8-10, which q uses, a +inf
+    k_max, a -inf k_min and a NaN k_min on sequence 0's pages 1-3 (bounds inf or NaN)."""
+    inf, nan = float("inf"), float("nan")
+    combos = [(inf, None), (None, -inf), (inf, -inf), (inf, inf), (-inf, -inf), (nan, None), (None, nan), (nan, nan)]
+    Hkv = cache.k_max.shape[1]
+    q[..., :8] = 0
+    for b in range(cache.batch_size):
+        for j in range(_npages(cache, b)):
+            page = int(cache.page_table[b, j])
+            for h in range(Hkv):
+                for c in range(8):
+                    x, n = combos[(c + page + h) % 8]
+                    if x is not None:
+                        cache.k_max[page, h, c] = x
+                    if n is not None:
+                        cache.k_min[page, h, c] = n
+    p1, p2, p3 = (int(cache.page_table[0, j]) for j in (1, 2, 3))
+    cache.k_max[p1, 0, 8] = inf
+    cache.k_min[p2, 0, 9] = -inf
+    cache.k_min[p3, Hkv - 1, 10] = nan
+    return q
+
+
+def check_scores_by_rule(s, q, cache, group_reduce, what):
+    """s: quest_scores of q over cache (a CPU cache; s on any device) == bounds_by_rule: the
+    same NaN and +-inf entries, the finite ones within float32 rounding."""
+    s = s.cpu()
+    r = bounds_by_rule(q, cache, group_reduce)
+    for name, f in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        assert torch.equal(f(s), f(r)), f"{what}: {name} entries differ from the rule's"
+    fin = torch.isfinite(r)
+    tol = 1e-5 * magnitude(q, cache, group_reduce)[fin] + 1e-6
+    err = (s.double() - r).abs()[fin]
+    assert (err <= tol).all(), f"{what}: error {(err / tol).max().item():.3g} x tolerance"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Hq,Hkv,D", [(8, 2, 64), (6, 2, 64), (10, 2, 64), (4, 2, 40), (8, 1, 64)])
+@pytest.mark.parametrize("group_reduce", ["max", "sum"])
+def test_scores_rule_with_infinite_and_nan_metadata(dtype, Hq, Hkv, D, group_reduce):
+    """quest_bound's rule (paged.h) on every CPU path: vector bounds (groups 1-4, 8; bf16 from
+    the bf16 dot products, groups of 4 and not), scalar ones (group 5, head_dim 40). A zero q_d
+    contributes 0 next to +-inf or NaN metadata; a rule letting 0 x inf = NaN through fails."""
+    lens = [70, 33, 0, 130]
+    cache, g = make_cache(lens, Hkv, D, dtype, 16, seed=Hq + D)
+    q = put_special_metadata(cache, _randn((len(lens), Hq, D), dtype, g))
+    s = quest_scores(q, cache, group_reduce=group_reduce)
+    check_scores_by_rule(s, q, cache, group_reduce, f"{dtype} G={Hq // Hkv} D={D}")
+    fin = torch.isfinite(s)
+    assert fin.sum() > 0.8 * (s > -float("inf")).sum()  # mostly finite: channels 0-7 ignored
+
+
 # --------------------------------------------------------------------------- selection
 
 
