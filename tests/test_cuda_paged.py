@@ -7,7 +7,7 @@ a CUDA device.
   (ragged prefills, appends across page ends, extend, recycled pages, raw writes in any
   order with repeated pages and slots, -0 / NaN / inf keys, strided and unaligned sources);
 - scores: within float32 rounding of the float64 bound (and of the CPU engine), -inf past
-  each sequence, GQA groups 1 to 20;
+  each sequence, GQA groups 1 to 20, and the CPU op's result with no query heads or no channels;
 - selection: equal to the CPU op's for the same scores (both take the smallest keys of the
   shared select_key, so there are no ties to allow), and a valid Quest selection up to
   near-ties of the float64 bounds for scores computed on the GPU;
@@ -24,7 +24,7 @@ from sparse_attn import reference as ref
 from sparse_attn.paged import PagedKVCache, paged_decode_attention, quest_decode, quest_scores, select_pages
 
 from conftest import CUDA_OK, assert_close_2x, assert_lse_close, same_precision_decode
-from test_paged import check_metadata, check_selection, magnitude
+from test_paged import ZERO_SIZES, check_metadata, check_selection, magnitude, zero_size_scores, zero_size_write
 
 pytestmark = [
     pytest.mark.cuda,
@@ -216,6 +216,18 @@ def test_scores_take_any_query_layout_and_dtype():
     big[:, ::2] = q
     assert torch.equal(quest_scores(big.cuda()[:, ::2], gc), want)
     assert torch.equal(quest_scores(q.float().cuda(), gc), want)
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", ZERO_SIZES)
+@pytest.mark.parametrize("sum_reduce", [False, True])
+def test_no_query_heads_or_channels_give_the_cpu_result(Hq, Hkv, D, sum_reduce):
+    """No group or no channels to bound (the kernels take no empty grid): the CPU op's result,
+    and a write with no KV heads or channels is a no-op, as on the CPU."""
+    s = zero_size_scores(Hq, Hkv, D, sum_reduce, "cuda")
+    assert s.is_cuda and torch.equal(s.cpu(), zero_size_scores(Hq, Hkv, D, sum_reduce))
+    zero_size_write(0, 16, "cuda")
+    zero_size_write(2, 0, "cuda")
+    torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------- quest_select

@@ -710,6 +710,42 @@ def test_zero_kv_heads_and_metadata_dtype_raise_value_error():
                 ops.quest_scores(q[:b], m, m, table[:b], sl[:b], 16, False)
 
 
+ZERO_SIZES = [(0, 2, 16), (4, 2, 0), (0, 1, 0)]  # (heads_q, heads_kv, head_dim): nothing to bound
+
+
+def zero_size_scores(Hq, Hkv, D, sum_reduce, device="cpu"):
+    """quest_scores with no query heads or no channels (lengths 20, 0, 5 in pages of 8)."""
+    g = _gen(Hq + D)
+    args = (torch.randn(3, Hq, D, generator=g), torch.randn(12, Hkv, D, generator=g),
+            torch.randn(12, Hkv, D, generator=g), torch.arange(12, dtype=torch.int32).view(3, 4),
+            torch.tensor([20, 0, 5], dtype=torch.int32))
+    return torch.ops.sparse_attn.quest_scores(*(t.to(device) for t in args), 8, sum_reduce)
+
+
+def zero_size_write(Hkv, D, device="cpu"):
+    """paged_kv_write of three tokens with no KV heads or no channels: nothing to write."""
+    g = _gen(Hkv + D)
+    pool = [torch.randn(4, 8, Hkv, D, generator=g) for _ in range(2)] + \
+        [torch.randn(4, Hkv, D, generator=g) for _ in range(2)]
+    src = [torch.randn(3, Hkv, D, generator=g) for _ in range(2)]
+    idx = [torch.tensor([0, 1, 3], dtype=torch.int32), torch.tensor([0, 2, 7], dtype=torch.int32)]
+    torch.ops.sparse_attn.paged_kv_write(*(t.to(device) for t in pool + src + idx))
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", ZERO_SIZES)
+@pytest.mark.parametrize("sum_reduce", [False, True])
+def test_no_query_heads_or_channels(Hq, Hkv, D, sum_reduce):
+    """The CPU results the CUDA glue returns without a launch (test_cuda_paged.py): an empty
+    sum is 0 (no channels, or no heads to sum), an empty max -inf; -inf past each sequence;
+    a write with no KV heads or channels is accepted and writes nothing."""
+    s = zero_size_scores(Hq, Hkv, D, sum_reduce)
+    fill = float("-inf") if Hq == 0 and not sum_reduce else 0.0
+    in_seq = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)[:, None].expand(3, Hkv, 4)
+    assert s.shape == (3, Hkv, 4) and (s[in_seq] == fill).all() and (s[~in_seq] == float("-inf")).all()
+    zero_size_write(0, 16)
+    zero_size_write(2, 0)
+
+
 def test_paged_kv_write_rejects_overlapping_outputs():
     """k_pages, v_pages, k_max and k_min are written in place: one sharing memory with itself
     (stride 0) or with another is a ValueError naming both, and nothing is written."""
