@@ -384,6 +384,22 @@ PagedKVWrite make_paged_write(const at::Tensor& k_pages, const at::Tensor& v_pag
   check_meta_tensor(k_max, "k_max", k_pages);
   check_meta_tensor(k_min, "k_min", k_pages);
   TORCH_CHECK_VALUE(k_min.strides() == k_max.strides(), "k_min must have k_max's strides");
+  // The four tensors written must not share memory, with themselves (a stride-0 dimension) or
+  // with each other: the kernels write them in parallel and widen k_max / k_min in place.
+  // The tests of assert_no_internal_overlap / assert_no_overlap (ATen/MemoryOverlap.h), as a
+  // ValueError naming the tensors; memory too hard to tell (TooHard) is let through, as there.
+  const std::pair<const at::Tensor*, const char*> written[] = {
+      {&k_pages, "k_pages"}, {&v_pages, "v_pages"}, {&k_max, "k_max"}, {&k_min, "k_min"}};
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& [t, name] = written[i];
+    TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, name,
+                      " has elements that share memory (an expanded tensor?); paged_kv_write writes it in place");
+    for (size_t j = 0; j < i; ++j) {
+      const at::MemOverlapStatus st = at::get_overlap_status(*t, *written[j].first);
+      TORCH_CHECK_VALUE(st != at::MemOverlapStatus::Full && st != at::MemOverlapStatus::Partial, name,
+                        " overlaps ", written[j].second, " in memory; paged_kv_write writes both in place");
+    }
+  }
   const int64_t N = page_ids.numel();
   for (const auto* t : {&k, &v}) {
     const char* name = t == &k ? "k" : "v";
@@ -426,7 +442,9 @@ PagedKVParams make_quest_scores(const at::Tensor& q, const at::Tensor& k_max, co
   TORCH_CHECK_VALUE(k_min.sizes() == k_max.sizes() && k_min.strides() == k_max.strides() &&
                         k_min.scalar_type() == k_max.scalar_type(),
                     "k_min must match k_max (shape, strides, dtype)");
+  to_dtype(k_max, "k_max");  // here, not only where the CPU op calls a kernel: for every engine and size
   const int64_t Hkv = k_max.size(1), D = k_max.size(2);
+  TORCH_CHECK_VALUE(Hkv >= 1, "k_max must have heads_kv >= 1, got shape ", k_max.sizes());  // before % Hkv
   TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0,
                     "q must be [batch, heads_q, head_dim] with batch ", page_table.size(0), ", head_dim ", D,
                     " and heads_q a multiple of ", Hkv, ", got shape ", q.sizes());
@@ -543,6 +561,7 @@ PagedDecodeInputs make_paged_decode(const at::Tensor& q, const at::Tensor& k_pag
   check_pages_tensor(k_pages, "k_pages");
   check_pages_tensor(v_pages, "v_pages");
   const int64_t Hkv = k_pages.size(2), D = k_pages.size(3);
+  TORCH_CHECK_VALUE(Hkv >= 1, "k_pages must have heads_kv >= 1, got shape ", k_pages.sizes());  // before % Hkv
   TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == page_table.size(0) && q.size(2) == D && q.size(1) % Hkv == 0 &&
                         q.stride(2) == 1,
                     "q must be [batch, heads_q, head_dim] (last dim contiguous) with batch ", page_table.size(0),

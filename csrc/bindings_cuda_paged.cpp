@@ -15,6 +15,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <tuple>
 
 #include "cuda/paged/launch.h"
@@ -47,7 +48,8 @@ void paged_kv_write_cuda(at::Tensor& k_pages, at::Tensor& v_pages, at::Tensor& k
   const HostCopy ids(page_ids), sl(slots);
   cuda::PagedWriteArgs args;
   args.w = make_paged_write(k_pages, v_pages, k_max, k_min, k, v, ids.host, sl.host);
-  if (args.w.ntokens == 0) return;
+  // Nothing to write (the CPU op writes nothing either; the kernel takes no empty grid)
+  if (args.w.ntokens == 0 || args.w.heads_kv == 0 || args.w.head_dim == 0) return;
   const cuda::HostWriteRuns runs = cuda::build_write_runs(ids.host.data_ptr<int32_t>(), args.w.ntokens);
   // run_start then order, one upload (none for a decode step: one token per page, in order)
   std::vector<int32_t> packed(runs.run_start);
@@ -92,6 +94,15 @@ at::Tensor quest_scores_cuda(const at::Tensor& q, const at::Tensor& k_max, const
   args.dtype = dtype_of(k_max);
   at::Tensor out = at::empty({args.p.batch, args.p.heads_kv, args.p.max_pages}, k_max.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
+  if (args.heads_q == 0 || args.p.head_dim == 0) {
+    // Nothing to bound (the kernel takes no empty group or row): the CPU op's result, an empty
+    // sum being 0 (a bound over no channels; the sum over no query heads) and an empty max -inf
+    // (no query heads); -inf past each sequence (page j is past it iff j * page_size >= seqlen).
+    const at::Tensor past = at::arange(args.p.max_pages, sl.dev.options().dtype(at::kLong)).mul(page_size).view(
+                                {1, 1, args.p.max_pages}) >= sl.dev.to(at::kLong).view({args.p.batch, 1, 1});
+    out.fill_(args.heads_q == 0 && !sum_reduce ? -INFINITY : 0.f).masked_fill_(past, -INFINITY);
+    return out;
+  }
   args.out = out.data_ptr<float>();
   args.vectorized = cuda::quest_scores_vectorizable(args);
   check_launch(cuda::quest_scores(args, dev.index(), current_stream(dev)),

@@ -314,7 +314,9 @@ def quest_page_bounds(q, k_pages, page_table, seqlens, *, group_reduce="max") ->
     For logical page i of sequence b and KV head g, with kmax/kmin the channel-wise max/min of
     that page's keys (taken from the gathered keys, not from stored metadata), query head h
     scores ``sum_d max(q[b,h,d]*kmax[d], q[b,h,d]*kmin[d])`` >= q[b,h]·k for every key k of the
-    page. Scores of the query heads of g's group are reduced with ``max`` (default) or ``sum``.
+    page; a zero q[b,h,d] contributes 0 whatever kmax/kmin are (+-inf keys included), as in
+    every engine (paged.h quest_bound). Scores of the query heads of g's group are reduced
+    with ``max`` (default) or ``sum``.
     No softmax scale. Pages at or beyond ``ceil(seqlens[b] / page_size)`` get -inf.
     """
     _check_pages(k_pages, page_table, seqlens)
@@ -335,7 +337,8 @@ def quest_page_bounds(q, k_pages, page_table, seqlens, *, group_reduce="max") ->
             page_keys = k[i * page_size:(i + 1) * page_size]                 # [n, Hkv, D]
             kmax = page_keys.amax(0)[:, None, :]                             # [Hkv, 1, D]
             kmin = page_keys.amin(0)[:, None, :]
-            per_head = torch.maximum(qg * kmax, qg * kmin).sum(-1)           # [Hkv, G]
+            # a zero q_d adds 0 whatever kmax/kmin (0 x inf would be NaN): paged.h quest_bound
+            per_head = torch.where(qg == 0, 0.0, torch.maximum(qg * kmax, qg * kmin)).sum(-1)  # [Hkv, G]
             bounds[b, :, i] = per_head.amax(-1) if group_reduce == "max" else per_head.sum(-1)
     return bounds
 

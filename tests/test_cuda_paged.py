@@ -7,7 +7,9 @@ a CUDA device.
   (ragged prefills, appends across page ends, extend, recycled pages, raw writes in any
   order with repeated pages and slots, -0 / NaN / inf keys, strided and unaligned sources);
 - scores: within float32 rounding of the float64 bound (and of the CPU engine), -inf past
-  each sequence, GQA groups 1 to 20;
+  each sequence, GQA groups 1 to 128 (a group's queries over 48 KiB of shared memory),
+  float32 caches on the 16-byte and the element path, +-inf / NaN metadata by quest_bound's
+  rule (paged.h), and the CPU op's result with no query heads or no channels;
 - selection: equal to the CPU op's for the same scores (both take the smallest keys of the
   shared select_key, so there are no ties to allow), and a valid Quest selection up to
   near-ties of the float64 bounds for scores computed on the GPU;
@@ -24,7 +26,8 @@ from sparse_attn import reference as ref
 from sparse_attn.paged import PagedKVCache, paged_decode_attention, quest_decode, quest_scores, select_pages
 
 from conftest import CUDA_OK, assert_close_2x, assert_lse_close, same_precision_decode
-from test_paged import check_metadata, check_selection, magnitude
+from test_paged import (ZERO_SIZES, check_metadata, check_scores_by_rule, check_selection, magnitude,
+                        put_special_metadata, zero_size_scores, zero_size_write)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -169,6 +172,7 @@ SCORE_CASES = {  # lens, Hq, Hkv, D, page_size
     "group8_d128": ([1500, 33, 640], 32, 4, 128, 16),
     "group16_d128_ps64": ([3000, 70], 16, 1, 128, 64),
     "group20_d36": ([400, 17], 40, 2, 36, 16),  # two head blocks, element accesses in 16-bit dtypes
+    "group128_d128_smem64k": ([300, 45], 128, 1, 128, 16),  # 64 KiB of queries: the opt-in above 48 KiB
 }
 
 
@@ -216,6 +220,61 @@ def test_scores_take_any_query_layout_and_dtype():
     big[:, ::2] = q
     assert torch.equal(quest_scores(big.cuda()[:, ::2], gc), want)
     assert torch.equal(quest_scores(q.float().cuda(), gc), want)
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", ZERO_SIZES)
+@pytest.mark.parametrize("sum_reduce", [False, True])
+def test_no_query_heads_or_channels_give_the_cpu_result(Hq, Hkv, D, sum_reduce):
+    """No group or no channels to bound (the kernels take no empty grid): the CPU op's result,
+    and a write with no KV heads or channels is a no-op, as on the CPU."""
+    s = zero_size_scores(Hq, Hkv, D, sum_reduce, "cuda")
+    assert s.is_cuda and torch.equal(s.cpu(), zero_size_scores(Hq, Hkv, D, sum_reduce))
+    zero_size_write(0, 16, "cuda")
+    zero_size_write(2, 0, "cuda")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("D", [64, 34])
+@pytest.mark.parametrize("group_reduce", ["max", "sum"])
+def test_scores_float32_cache_vector_and_element_paths(D, group_reduce):
+    """A float32 cache: 16-byte slices of 4 channels (head_dim 64, metadata aligned) and element
+    accesses (head_dim 34, or the metadata copied to an odd offset), q in float32 or bf16:
+    within float32 rounding of the float64 bound."""
+    lens, Hq, Hkv, ps = [300, 45, 0], 8, 2, 16
+    gc, cc, g = gpu_cache(lens, Hkv, D, torch.float32, ps, seed=D)
+    odd = []
+    for t in (gc.k_max, gc.k_min):  # same values at an offset of one element: not 16-byte aligned
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        odd.append(buf[1:].view_as(t).copy_(t))
+    for q_dtype in (torch.float32, torch.bfloat16):
+        q = rand((len(lens), Hq, D), q_dtype, g)
+        r = ref.quest_page_bounds(q, cc.k_pages, cc.page_table, cc.seqlens, group_reduce=group_reduce)
+        inf = torch.isinf(r)
+        tol = 1e-5 * magnitude(q, cc, group_reduce)[~inf]
+        for mx, mn in ((gc.k_max, gc.k_min), tuple(odd)):
+            s = ops.quest_scores(q.cuda(), mx, mn, gc.page_table, gc.seqlens, ps, group_reduce == "sum").cpu()
+            what = f"D={D} q {q_dtype} metadata at offset {mx.storage_offset()}"
+            assert torch.equal(torch.isinf(s), inf) and (s[inf] == float("-inf")).all(), f"{what}: -inf pattern"
+            err = (s.double() - r).abs()[~inf]
+            assert (err <= tol).all(), f"{what}: error {(err / tol).max().item():.3g} x tolerance"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Hq,Hkv,D", [(8, 2, 64), (6, 2, 36), (40, 2, 64)])
+@pytest.mark.parametrize("group_reduce", ["max", "sum"])
+def test_scores_rule_with_infinite_and_nan_metadata(dtype, Hq, Hkv, D, group_reduce):
+    """quest_bound's rule (paged.h) on the GPU, as test_paged.py checks it on the CPU: +-inf and
+    NaN metadata where q is 0 (ignored) and where it is not (inf or NaN bounds): the rule's
+    NaN / +-inf entries and values, and the CPU engine's."""
+    lens, ps = [70, 33, 0, 130], 16
+    gc, cc, g = gpu_cache(lens, Hkv, D, dtype, ps, seed=Hq + D)
+    q = put_special_metadata(cc, rand((len(lens), Hq, D), dtype, g))
+    gc.k_max.copy_(cc.k_max)
+    gc.k_min.copy_(cc.k_min)
+    s = quest_scores(q.cuda(), gc, group_reduce=group_reduce)
+    what = f"{dtype} G={Hq // Hkv} D={D}"
+    check_scores_by_rule(s, q, cc, group_reduce, what)
+    check_scores_by_rule(quest_scores(q, cc, group_reduce=group_reduce), q, cc, group_reduce, what + " (CPU)")
 
 
 # --------------------------------------------------------------------------- quest_select

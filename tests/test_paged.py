@@ -257,6 +257,79 @@ def test_scores_match_reference_and_bound_every_key(dtype, case, group_reduce):
     check_bounds_hold(s, q, cache, mag, group_reduce, case)
 
 
+def bounds_by_rule(q, cache, group_reduce):
+    """quest_scores by quest_bound's rule (paged.h), in float64 from the stored metadata: a zero
+    q_d contributes 0 whatever k_max / k_min hold; otherwise max(q kmax, q kmin), NaN if either
+    product is; the heads' sums reduced by max (NaN heads ignored: -inf if all are) or sum."""
+    B, Hq, D = q.shape
+    Hkv, P = cache.k_max.shape[1], cache.page_table.shape[1]
+    out = torch.full((B, Hkv, P), float("-inf"), dtype=torch.float64)
+    for b in range(B):
+        ids = cache.page_table[b, :_npages(cache, b)].long().cpu()
+        mx, mn = (t.cpu()[ids].double()[:, :, None] for t in (cache.k_max, cache.k_min))  # [n, Hkv, 1, D]
+        qb = q[b].cpu().double().view(1, Hkv, Hq // Hkv, D)
+        per_head = torch.where(qb == 0, 0.0, torch.maximum(qb * mx, qb * mn)).sum(-1)  # [n, Hkv, G]
+        red = per_head.sum(-1) if group_reduce == "sum" else \
+            torch.where(per_head.isnan(), float("-inf"), per_head).amax(-1)
+        out[b, :, :len(ids)] = red.T
+    return out
+
+
+def put_special_metadata(cache, q):
+    """+-inf and NaN in the metadata of every used page: in channels 0-7, where q is set to 0,
+    every (k_max, k_min) combination of them (each page and head has all eight, so a bound
+    that lets 0 x inf through is NaN everywhere); and in channels 8-10, which q uses, a +inf
+    k_max, a -inf k_min and a NaN k_min on sequence 0's pages 1-3 (bounds inf or NaN)."""
+    inf, nan = float("inf"), float("nan")
+    combos = [(inf, None), (None, -inf), (inf, -inf), (inf, inf), (-inf, -inf), (nan, None), (None, nan), (nan, nan)]
+    Hkv = cache.k_max.shape[1]
+    q[..., :8] = 0
+    for b in range(cache.batch_size):
+        for j in range(_npages(cache, b)):
+            page = int(cache.page_table[b, j])
+            for h in range(Hkv):
+                for c in range(8):
+                    x, n = combos[(c + page + h) % 8]
+                    if x is not None:
+                        cache.k_max[page, h, c] = x
+                    if n is not None:
+                        cache.k_min[page, h, c] = n
+    p1, p2, p3 = (int(cache.page_table[0, j]) for j in (1, 2, 3))
+    cache.k_max[p1, 0, 8] = inf
+    cache.k_min[p2, 0, 9] = -inf
+    cache.k_min[p3, Hkv - 1, 10] = nan
+    return q
+
+
+def check_scores_by_rule(s, q, cache, group_reduce, what):
+    """s: quest_scores of q over cache (a CPU cache; s on any device) == bounds_by_rule: the
+    same NaN and +-inf entries, the finite ones within float32 rounding."""
+    s = s.cpu()
+    r = bounds_by_rule(q, cache, group_reduce)
+    for name, f in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        assert torch.equal(f(s), f(r)), f"{what}: {name} entries differ from the rule's"
+    fin = torch.isfinite(r)
+    tol = 1e-5 * magnitude(q, cache, group_reduce)[fin] + 1e-6
+    err = (s.double() - r).abs()[fin]
+    assert (err <= tol).all(), f"{what}: error {(err / tol).max().item():.3g} x tolerance"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Hq,Hkv,D", [(8, 2, 64), (6, 2, 64), (10, 2, 64), (4, 2, 40), (8, 1, 64)])
+@pytest.mark.parametrize("group_reduce", ["max", "sum"])
+def test_scores_rule_with_infinite_and_nan_metadata(dtype, Hq, Hkv, D, group_reduce):
+    """quest_bound's rule (paged.h) on every CPU path: vector bounds (groups 1-4, 8; bf16 from
+    the bf16 dot products, groups of 4 and not), scalar ones (group 5, head_dim 40). A zero q_d
+    contributes 0 next to +-inf or NaN metadata; a rule letting 0 x inf = NaN through fails."""
+    lens = [70, 33, 0, 130]
+    cache, g = make_cache(lens, Hkv, D, dtype, 16, seed=Hq + D)
+    q = put_special_metadata(cache, _randn((len(lens), Hq, D), dtype, g))
+    s = quest_scores(q, cache, group_reduce=group_reduce)
+    check_scores_by_rule(s, q, cache, group_reduce, f"{dtype} G={Hq // Hkv} D={D}")
+    fin = torch.isfinite(s)
+    assert fin.sum() > 0.8 * (s > -float("inf")).sum()  # mostly finite: channels 0-7 ignored
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -613,6 +686,104 @@ def test_scores_and_selection_argument_errors():
         select_pages(s, cache, token_budget=0)
     with pytest.raises(ValueError, match="sink_pages"):
         select_pages(s, cache, token_budget=64, sink_pages=-1)
+
+
+def test_zero_kv_heads_and_metadata_dtype_raise_value_error():
+    """heads_kv == 0 (a division by zero in the checks before: SIGFPE) and k_max of a dtype no
+    engine reads raise ValueError naming the tensor, also where no kernel would run (batch 0)."""
+    ops = torch.ops.sparse_attn
+    g = _gen(11)
+    q = _randn((2, 4, 16), torch.float32, g)
+    table, sl = torch.zeros(2, 3, dtype=torch.int32), torch.tensor([5, 0], dtype=torch.int32)
+    no_heads = torch.empty(6, 0, 16)
+    for sum_reduce in (False, True):
+        with pytest.raises(ValueError, match=r"k_max must have heads_kv >= 1, got shape \[6, 0, 16\]"):
+            ops.quest_scores(q, no_heads, no_heads, table, sl, 16, sum_reduce)
+    pool = torch.empty(6, 16, 0, 16)
+    with pytest.raises(ValueError, match=r"k_pages must have heads_kv >= 1, got shape \[6, 16, 0, 16\]"):
+        ops.paged_decode_attention(q, pool, pool, table, sl, None, None, torch.empty_like(q), 0.25)
+    meta = torch.randn(6, 2, 16, generator=g)
+    for dt in (torch.float64, torch.int32):
+        m = meta.to(dt)
+        for b in (2, 0):  # batch 0: an empty result, no kernel call
+            with pytest.raises(ValueError, match=r"k_max must be float32, bfloat16 or float16, got (Double|Int)"):
+                ops.quest_scores(q[:b], m, m, table[:b], sl[:b], 16, False)
+
+
+ZERO_SIZES = [(0, 2, 16), (4, 2, 0), (0, 1, 0)]  # (heads_q, heads_kv, head_dim): nothing to bound
+
+
+def zero_size_scores(Hq, Hkv, D, sum_reduce, device="cpu"):
+    """quest_scores with no query heads or no channels (lengths 20, 0, 5 in pages of 8)."""
+    g = _gen(Hq + D)
+    args = (torch.randn(3, Hq, D, generator=g), torch.randn(12, Hkv, D, generator=g),
+            torch.randn(12, Hkv, D, generator=g), torch.arange(12, dtype=torch.int32).view(3, 4),
+            torch.tensor([20, 0, 5], dtype=torch.int32))
+    return torch.ops.sparse_attn.quest_scores(*(t.to(device) for t in args), 8, sum_reduce)
+
+
+def zero_size_write(Hkv, D, device="cpu"):
+    """paged_kv_write of three tokens with no KV heads or no channels: nothing to write."""
+    g = _gen(Hkv + D)
+    pool = [torch.randn(4, 8, Hkv, D, generator=g) for _ in range(2)] + \
+        [torch.randn(4, Hkv, D, generator=g) for _ in range(2)]
+    src = [torch.randn(3, Hkv, D, generator=g) for _ in range(2)]
+    idx = [torch.tensor([0, 1, 3], dtype=torch.int32), torch.tensor([0, 2, 7], dtype=torch.int32)]
+    torch.ops.sparse_attn.paged_kv_write(*(t.to(device) for t in pool + src + idx))
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", ZERO_SIZES)
+@pytest.mark.parametrize("sum_reduce", [False, True])
+def test_no_query_heads_or_channels(Hq, Hkv, D, sum_reduce):
+    """The CPU results the CUDA glue returns without a launch (test_cuda_paged.py): an empty
+    sum is 0 (no channels, or no heads to sum), an empty max -inf; -inf past each sequence;
+    a write with no KV heads or channels is accepted and writes nothing."""
+    s = zero_size_scores(Hq, Hkv, D, sum_reduce)
+    fill = float("-inf") if Hq == 0 and not sum_reduce else 0.0
+    in_seq = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)[:, None].expand(3, Hkv, 4)
+    assert s.shape == (3, Hkv, 4) and (s[in_seq] == fill).all() and (s[~in_seq] == float("-inf")).all()
+    zero_size_write(0, 16)
+    zero_size_write(2, 0)
+
+
+def test_paged_kv_write_rejects_overlapping_outputs():
+    """k_pages, v_pages, k_max and k_min are written in place: one sharing memory with itself
+    (stride 0) or with another is a ValueError naming both, and nothing is written."""
+    ops = torch.ops.sparse_attn
+    g = _gen(12)
+    P, ps, Hkv, D = 4, 8, 2, 16
+    pool = lambda: torch.randn(P, ps, Hkv, D, generator=g)  # noqa: E731
+    meta = lambda: torch.randn(P, Hkv, D, generator=g)  # noqa: E731
+    k, v = torch.randn(3, Hkv, D, generator=g), torch.randn(3, Hkv, D, generator=g)
+    ids, slots = torch.tensor([0, 1, 3], dtype=torch.int32), torch.tensor([0, 5, 7], dtype=torch.int32)
+    kp, vp, mx, mn = pool(), pool(), meta(), meta()
+    flat = torch.randn(P * ps * Hkv * D + P * Hkv * D + 8, generator=g)
+    in_kp = flat[:P * ps * Hkv * D].view(P, ps, Hkv, D)  # a pool and views into its storage
+    shifted = flat[8:8 + P * Hkv * D].view(P, Hkv, D)  # overlaps in_kp's start
+    two = torch.randn(P + 1, Hkv, D, generator=g)
+    cases = [  # (k_pages, v_pages, k_max, k_min), match
+        ((pool()[:1].expand(P, ps, Hkv, D), pool()[:1].expand(P, ps, Hkv, D), mx, mn),
+         "k_pages has elements that share memory"),
+        ((kp, vp, meta()[:, :1].expand(P, Hkv, D), meta()[:, :1].expand(P, Hkv, D)),
+         "k_max has elements that share memory"),
+        ((kp, kp, mx, mn), "v_pages overlaps k_pages in memory"),
+        ((kp, vp.view_as(kp), mx, mn.view_as(mn)), None),  # distinct views of distinct memory: fine
+        ((kp, vp, mx, mx), "k_min overlaps k_max in memory"),
+        ((kp, vp, mx, mx.view(P, Hkv, D)), "k_min overlaps k_max in memory"),  # a view, same memory
+        ((kp, vp, two[:-1], two[1:]), "k_min overlaps k_max in memory"),  # partial overlap
+        ((in_kp, vp, shifted, mn), "k_max overlaps k_pages in memory"),
+        ((in_kp, vp, mx, shifted), "k_min overlaps k_pages in memory"),
+        ((kp, in_kp, mx, shifted), "k_min overlaps v_pages in memory"),
+    ]
+    for (a, b, c, d), match in cases:
+        before = [t.clone() for t in (a, b, c, d)]
+        if match is None:
+            ops.paged_kv_write(a, b, c, d, k, v, ids, slots)
+            assert torch.equal(a[1, 5], k[1]) and torch.equal(b[3, 7], v[2])
+            continue
+        with pytest.raises(ValueError, match=match):
+            ops.paged_kv_write(a, b, c, d, k, v, ids, slots)
+        assert all(torch.equal(t, t0) for t, t0 in zip((a, b, c, d), before)), f"{match}: written"
 
 
 def test_bad_page_table_and_seqlens_are_caught():

@@ -521,6 +521,22 @@ def test_quest_bound_formula_loop():
         assert abs(float(bounds[0, 0, i]) - total) < 1e-12
 
 
+def test_quest_bound_zero_query_channel_ignores_infinite_keys():
+    # paged.h quest_bound's rule: a zero q_d contributes 0 even next to +-inf keys (0 x inf is
+    # NaN), so channel 0 below changes nothing; a q_d != 0 there gives +inf.
+    g = gen(33)
+    seqlens, ps, Hq, Hkv, D = [20, 9], 8, 4, 2, 8
+    k_pages, _, table, sl, _, _ = make_paged_cache(seqlens, ps, Hkv, D, g)
+    q = randn(2, Hq, D, g=g)
+    q[..., 0] = 0
+    want = ref.quest_page_bounds(q[..., 1:], k_pages[..., 1:], table, sl, group_reduce="sum")
+    k_pages[:, 0, :, 0], k_pages[:, 1, :, 0] = math.inf, -math.inf  # slots 0 and 1 of every page
+    got = ref.quest_page_bounds(q, k_pages, table, sl, group_reduce="sum")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)  # finite: no NaN from 0 x inf
+    q[..., 0] = 1
+    assert torch.isposinf(ref.quest_page_bounds(q, k_pages, table, sl)[:, :, :2]).all()
+
+
 def check_selection(sel, scores, n, ps, budget_tokens, sink, recent):
     budget = -(-budget_tokens // ps)
     if budget >= n:

@@ -100,6 +100,10 @@ void page_bounds(const float* q, const float* mx, const float* mn, int64_t D, in
     }
   }
   hsum(acc, G, out);
+  // A zero query channel times infinite metadata made a NaN here: quest_bound's rule decides
+  // where a head's bound is NaN (it agrees with the sum above wherever that is not NaN).
+  for (int64_t h = 0; h < G; ++h)
+    if (out[h] != out[h]) out[h] = quest_bound(q + h * D, mx, mn, D);
 }
 
 #if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__)
@@ -134,11 +138,14 @@ __attribute__((target("avx512bf16"))) void scores_bf16(const c10::BFloat16* kp, 
 // queries at qpos/qneg + g * kG * D); out[g * out_stride] = the max (or sum) over the
 // group, reduced in registers: the group's four sums written to memory and read back one
 // by one cost 12% of the kernel.
+// The zero halves of q+ / q- times infinite metadata give NaN (0 x inf) where quest_bound's
+// rule has none: a head whose sum is NaN is bounded again by quest_bound from qf (the same
+// queries in float32, [Hkv * kG, D]); a NaN check per head and page, none per channel.
 template <int kG>
 __attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16* mx, const c10::BFloat16* mn,
                                                             int64_t head_stride, int64_t Hkv,
                                                             const c10::BFloat16* qpos, const c10::BFloat16* qneg,
-                                                            int64_t D, bool sum_reduce, float* out,
+                                                            const float* qf, int64_t D, bool sum_reduce, float* out,
                                                             int64_t out_stride, const c10::BFloat16* next_mx,
                                                             const c10::BFloat16* next_mn) {
   for (int64_t g = 0; g < Hkv; ++g) {
@@ -164,26 +171,39 @@ __attribute__((target("avx512bf16"))) void page_bounds_bf16(const c10::BFloat16*
     for (int h = 0; h < kG; ++h) a[h] = a[h] + c[h];
     // Per-head totals, then their max (NaN totals ignored, as std::max(tot, x) ignores
     // them) or sum, in registers.
+    const float* qg = qf + g * kG * D;
     float tot;
     if constexpr (kG % 4 == 0) {
       const __m128 ninf = _mm_set1_ps(-INFINITY);
-      __m128 r = sum_reduce ? _mm_setzero_ps() : ninf;
+      __m128 r = sum_reduce ? _mm_setzero_ps() : ninf, nan = _mm_setzero_ps();
       for (int h = 0; h < kG; h += 4) {
         const __m128 t = hsum4(a[h], a[h + 1], a[h + 2], a[h + 3]);
+        nan = _mm_or_ps(nan, _mm_cmpunord_ps(t, t));
         r = sum_reduce ? _mm_add_ps(r, t) : _mm_max_ps(_mm_max_ps(t, ninf), r);  // NaN -> -inf
       }
-      if (sum_reduce) {
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
+      if (_mm_movemask_ps(nan)) {  // rare: the totals one by one, NaN ones by the rule
+        float x[kG];
+        hsum(a, kG, x);
+        tot = sum_reduce ? 0.f : -INFINITY;
+        for (int h = 0; h < kG; ++h) {
+          if (x[h] != x[h]) x[h] = quest_bound(qg + h * D, x_row, n_row, D);
+          tot = sum_reduce ? tot + x[h] : std::max(tot, x[h]);
+        }
       } else {
-        r = _mm_max_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_max_ss(r, _mm_movehdup_ps(r));
+        if (sum_reduce) {
+          r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+          r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        } else {
+          r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+          r = _mm_max_ss(r, _mm_movehdup_ps(r));
+        }
+        tot = _mm_cvtss_f32(r);
       }
-      tot = _mm_cvtss_f32(r);
     } else {
       tot = sum_reduce ? 0.f : -INFINITY;
       for (int h = 0; h < kG; ++h) {
-        const float x = _mm512_reduce_add_ps(a[h]);
+        float x = _mm512_reduce_add_ps(a[h]);
+        if (x != x) x = quest_bound(qg + h * D, x_row, n_row, D);
         tot = sum_reduce ? tot + x : std::max(tot, x);
       }
     }

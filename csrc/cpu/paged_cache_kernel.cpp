@@ -128,7 +128,7 @@ void scores(const PagedKVParams& p, const float* q, bool q_is_bf16, int64_t head
               nmn = kmin + np * p.meta_stride[0];
             }
             switch (G) {
-#define SA_BOUNDS(NG) page_bounds_bf16<NG>(mxp, mnp, p.meta_stride[1], Hkv, qpos.data(), qneg.data(), D, sum_reduce, o, p.max_pages, nmx, nmn)
+#define SA_BOUNDS(NG) page_bounds_bf16<NG>(mxp, mnp, p.meta_stride[1], Hkv, qpos.data(), qneg.data(), q + b * heads_q * D, D, sum_reduce, o, p.max_pages, nmx, nmn)
               case 1: SA_BOUNDS(1); break;
               case 2: SA_BOUNDS(2); break;
               case 3: SA_BOUNDS(3); break;

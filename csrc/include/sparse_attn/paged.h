@@ -168,12 +168,17 @@ inline void write_token_head(const PagedKVWrite& w, int64_t n, int64_t g) {
 
 // Quest's bound on q . k for every key k of a page with channel-wise extremes kmax/kmin:
 // sum_d max(q_d * kmax_d, q_d * kmin_d). Scalar reference form; engines vectorize it.
+// The rule of every engine for special values: a zero q_d contributes 0 whatever the
+// metadata (0 x inf would be NaN: a channel the query ignores cannot void the bound);
+// otherwise the channel's term is NaN if either product is, and the sum is plain float
+// addition (inf + -inf is NaN). Vector forms that compute 0 x inf may fall back to this
+// one where their result is NaN: they agree everywhere else.
 template <typename T>
 SA_HOST_DEVICE float quest_bound(const float* q, const T* kmax, const T* kmin, int64_t D) {
   float s = 0.f;
   for (int64_t d = 0; d < D; ++d) {
     const float a = q[d] * static_cast<float>(kmax[d]), b = q[d] * static_cast<float>(kmin[d]);
-    s += a > b ? a : b;
+    s += q[d] == 0.f ? 0.f : (a > b || a != a ? a : b);
   }
   return s;
 }
