@@ -491,6 +491,30 @@ def test_decode_matches_reference(dtype, case, mode, scale):
         assert (out[b] == 0).all() and (lse[b] == float("-inf")).all()
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("lens", [[2000], [300, 5, 1100], [17]])
+def test_dense_split_sized_from_the_sequences_not_the_capacity(threads, lens):
+    """The fixed split cuts the longest sequence's pages (8 to 64 a chunk, at least twice the
+    threads in items), not the cache's capacity: a cache with room for 40x the tokens, every
+    chunk size the rule gives for these lengths and thread counts, against the reference."""
+    Hq, Hkv, D, ps = 4, 2, 32, 16
+    g = torch.Generator().manual_seed(len(lens) * 10 + threads)
+    cap = 40 * (-(-max(lens) // ps))
+    cache = PagedKVCache(len(lens) * cap, ps, Hkv, D, batch_size=len(lens), max_pages_per_seq=cap,
+                         dtype=torch.bfloat16)
+    k = torch.randn(len(lens), max(lens), Hkv, D, generator=g).to(torch.bfloat16)
+    v = torch.randn(len(lens), max(lens), Hkv, D, generator=g).to(torch.bfloat16)
+    cache.prefill(k, v, torch.tensor(lens))
+    q = torch.randn(len(lens), Hq, D, generator=g).to(torch.bfloat16)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, lse = paged_decode_attention(q, cache, return_lse=True, out=poisoned_like(q))
+    finally:
+        torch.set_num_threads(old)
+    check_decode(q, cache, out, lse, None, None, None, f"lens={lens} threads={threads}")
+
+
 @pytest.mark.parametrize("Hq,Hkv", [(128, 2), (130, 2), (128, 1)])
 def test_large_gqa_groups_work_or_raise_valueerror(Hq, Hkv):
     """heads_q / heads_kv of 64, 65, 128: correct, or a ValueError naming q (the README's

@@ -131,20 +131,37 @@ void merge_store(const SoftmaxRowState* states, const float* accs, int64_t n, in
   *lse = st.lse();
 }
 
-// Split-KV decode with a fixed split: a work item is (sequence, KV heads, chunk of
+// Split-KV decode with a fixed split: a work item is (sequence, KV heads, chunk of up to
 // kPagesPerChunk pages), all KV heads of the chunk for a dense walk, one for a selection
 // (each head has its own pages). Each item leaves per query head a partial state and an
 // unnormalized output; a second pass merges a head's chunks (softmax_state.h merge_into).
 constexpr int64_t kPagesPerChunk = 64;
+constexpr int64_t kMinPagesPerChunk = 8;
+
+// Pages per chunk: the longest output's pages (not the cache's capacity) cut so that the
+// items are at least twice the threads, between kMinPagesPerChunk and kPagesPerChunk pages.
+// parallel_for hands each thread a contiguous run of items: chunks sized from the capacity
+// gave a sequence far shorter than max_pages_per_seq to the first thread alone, and at
+// B=1, 8k tokens with one spare page (9 chunks, the last of one page) a 5 / 4 split.
+int64_t pages_per_chunk(int64_t longest, int64_t items_per_chunk_index, int64_t threads) {
+  const int64_t want = std::max<int64_t>(1, (2 * threads + items_per_chunk_index - 1) / items_per_chunk_index);
+  const int64_t per = (longest + want - 1) / want;
+  return std::min(kPagesPerChunk, std::max(kMinPagesPerChunk, per));
+}
 
 template <typename T>
 void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeIO& io) {
   const int64_t D = p.head_dim, Hkv = p.heads_kv, G = io.heads_q / Hkv;
-  // A selection lists at most `capacity` pages per head, a dense walk up to max_pages.
-  const int64_t nchunks = std::max<int64_t>(1, ((sel ? sel->capacity : p.max_pages) + kPagesPerChunk - 1) /
-                                                   kPagesPerChunk);
   const int64_t head_groups = sel ? Hkv : 1;  // KV heads split across items
   const int64_t heads_per_item = sel ? 1 : Hkv;
+  // The longest output's pages: a selection's largest count, else the longest sequence's.
+  int64_t longest = 0;
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t g = 0; g < (sel ? Hkv : 1); ++g)
+      longest = std::max<int64_t>(longest, sel ? sel->counts[b * sel->counts_stride[0] + g * sel->counts_stride[1]]
+                                                : (p.seqlens[b] + p.page_size - 1) / p.page_size);
+  const int64_t per_chunk = pages_per_chunk(longest, p.batch * head_groups, at::get_num_threads());
+  const int64_t nchunks = std::max<int64_t>(1, (longest + per_chunk - 1) / per_chunk);
   // Partials [B, H_kv, nchunks, G]: state and D outputs; chunks past a sequence stay empty.
   std::vector<SoftmaxRowState> part_state(p.batch * io.heads_q * nchunks, SoftmaxRowState::empty());
   // Outputs of empty chunks are never read (their state stays empty): no zero fill.
@@ -155,7 +172,7 @@ void decode(const PagedKVParams& p, const PageSelection* sel, const PagedDecodeI
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (head_groups * nchunks), hg = i / nchunks % head_groups, c = i % nchunks;
       for (int64_t g = hg * heads_per_item; g < (hg + 1) * heads_per_item; ++g) {
-        const int64_t j0 = c * kPagesPerChunk, j1 = std::min(runner.pages_of(b, g), j0 + kPagesPerChunk);
+        const int64_t j0 = c * per_chunk, j1 = std::min(runner.pages_of(b, g), j0 + per_chunk);
         if (j0 >= j1) continue;
         const int64_t slot = ((b * Hkv + g) * nchunks + c) * G;
         runner.run(b, g, j0, j1, part_state.data() + slot, part_acc.get() + slot * D);
