@@ -34,23 +34,15 @@ namespace sparse_attn {
 int64_t cuda_decode_max_workers(DType dt, int64_t head_dim, int64_t G, int device) {
   TORCH_CHECK_VALUE(cuda::decode_supported(dt, head_dim, G),
                     "paged decode on CUDA supports bfloat16 and float16, head_dim 64 or 128, and up to 16 query heads "
-                    "per KV head; got ", (dt == DType::kBFloat16 ? "bfloat16" : dt == DType::kFloat16 ? "float16" : "float32"), ", head_dim ", head_dim, ", ", G,
+                    "per KV head; got ",
+                    dt == DType::kBFloat16 ? "bfloat16" : dt == DType::kFloat16 ? "float16" : "float32",
+                    ", head_dim ", head_dim, ", ", G,
                     " (use a CPU cache for other cases)");
   int64_t workers = 0;
   const cudaError_t err = cuda::decode_max_workers(dt, head_dim, G, device, &workers);
   TORCH_CHECK(err == cudaSuccess, "occupancy query of ", cuda::decode_kernel_name(dt, head_dim), " failed: ",
               cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
   return workers;
-}
-
-int64_t cuda_decode_max_workers(const at::Tensor& k_pages, int64_t heads_q) {
-  TORCH_CHECK_VALUE(k_pages.is_cuda() && k_pages.dim() == 4, "cuda_decode_max_workers: k_pages must be a CUDA "
-                    "[num_pages, page_size, heads_kv, head_dim] tensor");
-  TORCH_CHECK_VALUE(k_pages.size(2) >= 1 && heads_q % k_pages.size(2) == 0, "cuda_decode_max_workers: heads_q (",
-                    heads_q, ") must be a multiple of heads_kv (", k_pages.size(2), ")");
-  const DType dt = k_pages.scalar_type() == at::kHalf ? DType::kFloat16
-                   : k_pages.scalar_type() == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
-  return cuda_decode_max_workers(dt, k_pages.size(3), heads_q / k_pages.size(2), k_pages.get_device());
 }
 
 namespace {
@@ -92,11 +84,13 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
                     "16-byte aligned base and strides that are multiples of 8 elements (PagedKVCache's are)");
   cuda::DecodeArgs args;
 
+  // CTAs resident at once: the default worker count, and the most the in-kernel fix-up allows
+  const int64_t resident = cuda_decode_max_workers(in.io.dtype, D, G, q.get_device());
   PlanTensors plan;
   if (given) {
     plan = *given;
   } else {  // stream-K over the resident CTAs, 256-token tiles
-    plan.workers = cuda_decode_max_workers(k_pages, q.size(1));
+    plan.workers = resident;
     plan.tile_pages = std::max<int64_t>(1, 256 / in.p.page_size);
     const int64_t outputs = in.p.batch * Hkv;
     plan.offsets = at::zeros({outputs + 1}, at::kLong);
@@ -142,7 +136,7 @@ at::Tensor run_decode(const at::Tensor& q, const at::Tensor& k_pages, const at::
   args.io.o_stride[0] = oa.stride(0), args.io.o_stride[1] = oa.stride(1);
   const char* mode = std::getenv("SPARSE_ATTN_DECODE_MERGE");
   args.separate_merge = (mode != nullptr && std::strcmp(mode, "separate") == 0) ||
-                        plan.workers > cuda_decode_max_workers(k_pages, q.size(1));
+                        plan.workers > resident;
   const cudaError_t err = cuda::decode_stream_k(args, current_stream(q.device()));
   check_launch(err, cuda::decode_kernel_name(in.io.dtype, D),
                args.separate_merge ? " (separate merge)" : " (in-kernel fix-up)");

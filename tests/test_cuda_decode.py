@@ -136,3 +136,9 @@ def test_unsupported_cases_raise_value_error():
     cc, gc, q, _, _ = case([40], 4, 2, 32, torch.bfloat16, 16, False)
     with pytest.raises(ValueError, match="head_dim 64 or 128"):
         paged_decode_attention(q.cuda(), gc)
+    # the plain-value occupancy query behind plan_decode's default workers
+    with pytest.raises(ValueError, match="dtype must be 'bfloat16' or 'float16', got 'float32'"):
+        _C.cuda_decode_max_workers(q.cuda().device.index, "float32", 128, 4)
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        cuda_max_workers(gc.k_pages, 4)
+    assert cuda_max_workers(torch.empty(1, 16, 2, 128, dtype=torch.bfloat16, device="cuda"), 8) >= 1
