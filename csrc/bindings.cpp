@@ -6,6 +6,7 @@
 #endif
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -18,6 +19,7 @@
 #include <tuple>
 
 #include "cpu/attention_kernel.h"
+#include "cpu/output_cache.h"
 #include "torch_checks.h"
 #include "sparse_attn/causal.h"
 #include "sparse_attn/params.h"
@@ -683,6 +685,8 @@ TORCH_LIBRARY(sparse_attn, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
       "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale) -> Tensor");
+  // An uninitialized output of q's shape and dtype from the CPU output cache (output_cache.h).
+  m.def("output_like(Tensor q) -> Tensor");
   m.def(
       "paged_decode_stream_k(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
       "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale, Tensor offsets, Tensor slot_base, int workers, "
@@ -699,13 +703,22 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("quest_select", &sparse_attn::quest_select_cpu);
   m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cpu);
   m.impl("paged_decode_stream_k", &sparse_attn::paged_decode_stream_k_cpu);
+  m.impl("output_like", &sparse_attn::cpu::cached_empty_like);
 }
 
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "sparse_attn compiled engines (ops are registered under torch.ops.sparse_attn)";
   mod.attr("__version__") = SPARSE_ATTN_VERSION;
-  mod.def("release_workspace", &sparse_attn::cpu::release_workspace,
-          "free the calling thread's packed K/V workspace (kept between calls to avoid page faults)");
+  mod.def(
+      "release_workspace",
+      [] {
+        sparse_attn::cpu::release_workspace();
+        sparse_attn::cpu::release_output_cache();
+      },
+      "free the calling thread's packed K/V workspace and the cached output buffers (both kept between "
+      "calls to avoid page faults)");
+  mod.def("output_cache_bytes", &sparse_attn::cpu::output_cache_bytes,
+          "bytes of freed prefill outputs held for reuse (SPARSE_ATTN_OUTPUT_CACHE_MB caps them)");
   mod.def(
       "stream_k_segments",
       [](const std::vector<int64_t>& tiles_per_output, int64_t workers) {
@@ -751,11 +764,18 @@ PYBIND11_MODULE(_C, mod) {
         // all levels, so the next call reads it from memory while code and other data stay
         // cached, as for a layer's KV cache inside a decode step. The caller passes a live
         // tensor storage's range (harness.data_evictor); clflush does not fault on it.
+        // The flush runs on the intra-op thread pool: the next op then finds its worker
+        // threads awake, as after the previous layer's ops in a decode step. A flush of
+        // ~100 MB on one thread left them idle long enough to sleep, and waking them cost a
+        // B=1 decode op ~0.1 ms that a model never pays.
         TORCH_CHECK_VALUE(nbytes >= 0, "flush_from_caches: nbytes must be >= 0, got ", nbytes);
 #if defined(__x86_64__) || defined(_M_X64)
-        for (uintptr_t a = addr & ~uintptr_t(63); a < addr + static_cast<uintptr_t>(nbytes); a += 64)
-          _mm_clflush(reinterpret_cast<const void*>(a));
-        _mm_mfence();
+        const uintptr_t first = addr & ~uintptr_t(63), end = addr + static_cast<uintptr_t>(nbytes);
+        const int64_t lines = end > first ? static_cast<int64_t>((end - first + 63) / 64) : 0;
+        at::parallel_for(0, lines, 1 << 14, [&](int64_t l0, int64_t l1) {
+          for (int64_t l = l0; l < l1; ++l) _mm_clflush(reinterpret_cast<const void*>(first + 64 * l));
+          _mm_mfence();
+        });
         return true;
 #else
         return false;

@@ -17,6 +17,11 @@ def _block_sparse_attention_fake(q, k, v, out, counts, indices, full_counts, ful
     return _lse_like(q)
 
 
+@torch.library.register_fake("sparse_attn::output_like")
+def _output_like_fake(q):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
 @torch.library.register_fake("sparse_attn::streaming_attention")
 def _streaming_attention_fake(q, k, v, out, sink_tokens, window_tokens, scale):
     return _lse_like(q)

@@ -8,7 +8,8 @@ The machine's read bandwidth is measured in the same run (:func:`harness.read_ba
 Timed, in turns (:func:`harness.time_interleaved`, median of repeats), each call cold: before
 every timed call the KV data (the paged cache with its metadata, and SDPA's contiguous K/V)
 is flushed from every cache level (``--cold data``, :func:`harness.data_evictor`), as for a
-layer's KV cache inside a decode step, while code and small tensors stay cached; on a CPU
+layer's KV cache inside a decode step, while code and small tensors stay cached (the flush
+runs on the intra-op threads, so the timed op does not pay for waking them); on a CPU
 with a 480 MB last-level cache a 128 MB KV cache would otherwise be read from it.
 ``--cold all`` reads twice the last-level cache instead (:func:`harness.cache_evictor`),
 which evicts the code too:
@@ -90,7 +91,7 @@ def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[li
     bw = read_bandwidth_gbs()
     log(f"[decode] read bandwidth {bw:.1f} GB/s")
     llc = cache_evictor() if cfg.cold == "all" else None
-    cold = ("the KV tensors (paged cache, metadata, SDPA's K/V) flushed from every cache level (clflush)"
+    cold = ("the KV tensors (paged cache, metadata, SDPA's K/V) flushed from every cache level (clflush, run on the intra-op threads so that the timed op finds them awake, as after a previous layer's ops)"
             if cfg.cold == "data" else f"a {llc.nbytes >> 20} MiB read (twice the last-level cache)")
     meta: dict[str, Any] = {"suite": "decode", "config": asdict(cfg), "read_bandwidth_gbs": bw,
                             "other_cpu_busy_start": cpu_busy_fraction(),
