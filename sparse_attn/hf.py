@@ -566,7 +566,8 @@ def _attention_forward(module, names, rope, *args, **kwargs):
         pe = module.rotary_emb(v, kw.get("position_ids"))
     cos, sin = pe
     q, k = rope(q, k, cos, sin)
-    cache = kw.get("past_key_value", kw.get("past_key_values"))
+    # The cache argument was past_key_value (4.x), past_key_values (5.0-5.23), cache (5.24 on).
+    cache = next((kw[n] for n in ("cache", "past_key_values", "past_key_value") if kw.get(n) is not None), None)
     if cache is not None:
         k, v = cache.update(k, v, module.layer_idx, {"sin": sin, "cos": cos, "cache_position": kw.get("cache_position")})
     mask = getattr(_model_call, "mask", None)
