@@ -20,7 +20,7 @@ ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 def skip_if_no_engine(device):
     if device == "cuda":
-        pytest.skip("the CUDA attention kernels are not built yet (compiled smoke kernel only)")
+        pytest.skip("CPU-engine test: the CUDA engine's cases are in tests/test_cuda_*.py")
 
 
 def skip_unless_prefill_kernel(device, dtype, head_dim):
