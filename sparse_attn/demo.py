@@ -96,23 +96,26 @@ def _prefill_and_decode(model, ids, new_tokens: int, cache, record_q=None):
     position, needed for perplexity and agreement, are computed afterwards, untimed, from the
     final norm's output captured by a hook; models without a recognised final norm time the
     full-logits forward instead (``prefill_logits`` in the results says which)."""
+    from .hf import cache_kwarg, output_cache
+
+    ckw = cache_kwarg(model)
     norm = _final_norm(model)
     kept = []
     hook = norm.register_forward_hook(lambda m, a, o: kept.append(o)) if norm is not None else None
     try:
         t0 = time.perf_counter()
-        out = model(ids, past_key_values=cache, use_cache=True, **({"logits_to_keep": 1} if hook else {}))
+        out = model(ids, **{ckw: cache}, use_cache=True, **({"logits_to_keep": 1} if hook else {}))
         t1 = time.perf_counter()
     finally:
         if hook is not None:
             hook.remove()
-    cache = out.past_key_values
+    cache = output_cache(out)
     logits = (model.lm_head(kept[0]) if hook is not None else out.logits)[0].float()
     nxt = logits[-1].argmax()[None, None]
     gen = [int(nxt)]
     t2 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        nxt = model(nxt, past_key_values=cache, use_cache=True).logits[0, -1].argmax()[None, None]
+        nxt = model(nxt, **{ckw: cache}, use_cache=True).logits[0, -1].argmax()[None, None]
         gen.append(int(nxt))
     t3 = time.perf_counter()
     return logits, gen, t1 - t0, t3 - t2, cache

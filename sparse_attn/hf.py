@@ -125,8 +125,9 @@ class SparseAttnCache:
     """Factory for the transformers ``Cache`` backed by one :class:`PagedKVCache` per layer.
 
     ``SparseAttnCache(model, max_tokens=None, page_size=16)`` returns an instance of a
-    ``transformers.cache_utils.Cache`` subclass; pass it as ``past_key_values`` (a patched
-    model's ``generate`` does so by itself). Pools grow as needed; ``max_tokens`` (per
+    ``transformers.cache_utils.Cache`` subclass; pass it as the model's cache argument,
+    ``model(ids, **{cache_kwarg(model): cache})`` (``cache`` from transformers 5.24 on,
+    ``past_key_values`` before; a patched model's ``generate`` does so by itself). Pools grow as needed; ``max_tokens`` (per
     sequence) only sizes the first allocation. Only a model patched with :func:`patch`
     can use it (the attention function writes the pages, knowing the padding).
     """
@@ -475,15 +476,41 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
     model.set_attn_implementation(ATTN_NAME)
     original_generate = model.generate
 
+    name = cache_kwarg(model)
+
     @functools.wraps(original_generate)
     def generate(*args, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
-            kwargs["past_key_values"] = SparseAttnCache(model, page_size=page_size)
+        if all(kwargs.get(n) is None for n in ("cache", "past_key_values")) and kwargs.get("use_cache", True):
+            kwargs[name] = SparseAttnCache(model, page_size=page_size)
         return original_generate(*args, **kwargs)
 
     model.generate = generate
     model._sparse_attn_patched = {"mode": "interface", "previous": previous, "config": cfg}
     return model
+
+
+def cache_kwarg(model) -> str:
+    """The keyword under which ``model``'s forward takes its KV cache: ``"cache"`` from
+    transformers 5.24 on, ``"past_key_values"`` before (5.24 deprecates it).
+
+    Example::
+
+        out = model(ids, **{sparse_attn.hf.cache_kwarg(model): cache}, use_cache=True)
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache a model call returned: ``output.cache`` (transformers >= 5.24) or
+    ``output.past_key_values``."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def unpatch(model):

@@ -116,8 +116,8 @@ def test_quest_small_budget_decode_reads_fewer_pages():
     for budget in (4096, 64):
         sh.patch(model, config(lambda l, h: 0), decode="quest", token_budget=budget, min_sparse_tokens=10000)
         cache = sh.SparseAttnCache(model)
-        model(ids, past_key_values=cache)
-        outs.append(model(nxt, past_key_values=cache).logits[:, -1])
+        model(ids, **{sh.cache_kwarg(model): cache})
+        outs.append(model(nxt, **{sh.cache_kwarg(model): cache}).logits[:, -1])
         assert cache.layers[0].paged.seqlens.tolist() == [601]
         sh.unpatch(model)
     full = model(torch.cat([ids, nxt], 1), use_cache=False).logits[:, -1]
@@ -139,8 +139,8 @@ def test_chunked_prefill_matches_one_shot():
     one = model(ids, use_cache=False).logits
     first = model(ids[:, :192], use_cache=False).logits
     cache = sh.SparseAttnCache(model, max_tokens=64)  # too small: the pools must grow
-    a = model(ids[:, :192], past_key_values=cache).logits
-    b = model(ids[:, 192:], past_key_values=cache).logits
+    a = model(ids[:, :192], **{sh.cache_kwarg(model): cache}).logits
+    b = model(ids[:, 192:], **{sh.cache_kwarg(model): cache}).logits
     sh.unpatch(model)
     assert cache.get_seq_length() == 320 and cache.layers[1].paged.seqlens.tolist() == [320]
     torch.testing.assert_close(a, first, rtol=1e-4, atol=1e-4)
@@ -162,10 +162,10 @@ def test_padded_batch_matches_single_sequences(side):
     sh.patch(model, MIXED, min_sparse_tokens=64)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     for use_cache in (False, True):
-        kw = {"past_key_values": sh.SparseAttnCache(model)} if use_cache else {"use_cache": False}
+        kw = {sh.cache_kwarg(model): sh.SparseAttnCache(model)} if use_cache else {"use_cache": False}
         batch = model(ids, attention_mask=mask, position_ids=pos, **kw).logits
         for b, s in enumerate(seqs):
-            kw1 = {"past_key_values": sh.SparseAttnCache(model)} if use_cache else {"use_cache": False}
+            kw1 = {sh.cache_kwarg(model): sh.SparseAttnCache(model)} if use_cache else {"use_cache": False}
             single = model(s[None], **kw1).logits[0]
             sl = slice(S - len(s), S) if side == "left" else slice(0, len(s))
             torch.testing.assert_close(batch[b, sl], single, rtol=1e-4, atol=1e-4)
@@ -288,7 +288,7 @@ def test_demo_decode_attention_calls_run_each_layers_own_step():
     ids = torch.randint(1, 128, (1, 300), generator=torch.Generator().manual_seed(6))
     sh.patch(model, DENSE, min_sparse_tokens=64)
     cache = sh.SparseAttnCache(model)
-    model(ids, past_key_values=cache, use_cache=True)
+    model(ids, **{sh.cache_kwarg(model): cache}, use_cache=True)
     sh.unpatch(model)
     g = torch.Generator().manual_seed(7)
     queries = {l: torch.randn(1, HQ, D, generator=g) for l in range(L)}
