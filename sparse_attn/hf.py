@@ -127,7 +127,8 @@ class SparseAttnCache:
     ``SparseAttnCache(model, max_tokens=None, page_size=16)`` returns an instance of a
     ``transformers.cache_utils.Cache`` subclass; pass it as the model's cache argument,
     ``model(ids, **{cache_kwarg(model): cache})`` (``cache`` from transformers 5.24 on,
-    ``past_key_values`` before; a patched model's ``generate`` does so by itself). Pools grow as needed; ``max_tokens`` (per
+    ``past_key_values`` before; a patched model's ``generate`` does so by itself). Pools
+    grow as needed; ``max_tokens`` (per
     sequence) only sizes the first allocation. Only a model patched with :func:`patch`
     can use it (the attention function writes the pages, knowing the padding).
     """
@@ -480,13 +481,18 @@ def patch(model, config: Union[PatternConfig, str], *, decode: str = "quest", to
 
     @functools.wraps(original_generate)
     def generate(*args, **kwargs):
-        if all(kwargs.get(n) is None for n in ("cache", "past_key_values")) and kwargs.get("use_cache", True):
+        if all(kwargs.get(n) is None for n in _CACHE_NAMES) and kwargs.get("use_cache", True):
             kwargs[name] = SparseAttnCache(model, page_size=page_size)
         return original_generate(*args, **kwargs)
 
     model.generate = generate
     model._sparse_attn_patched = {"mode": "interface", "previous": previous, "config": cfg}
     return model
+
+
+# The names of a model's KV-cache argument: cache (transformers 5.24 on), past_key_values
+# (5.0-5.23, and the model forward before 5.24), past_key_value (attention forwards of 4.x).
+_CACHE_NAMES = ("cache", "past_key_values", "past_key_value")
 
 
 def cache_kwarg(model) -> str:
@@ -593,8 +599,7 @@ def _attention_forward(module, names, rope, *args, **kwargs):
         pe = module.rotary_emb(v, kw.get("position_ids"))
     cos, sin = pe
     q, k = rope(q, k, cos, sin)
-    # The cache argument was past_key_value (4.x), past_key_values (5.0-5.23), cache (5.24 on).
-    cache = next((kw[n] for n in ("cache", "past_key_values", "past_key_value") if kw.get(n) is not None), None)
+    cache = next((kw[n] for n in _CACHE_NAMES if kw.get(n) is not None), None)
     if cache is not None:
         k, v = cache.update(k, v, module.layer_idx, {"sin": sin, "cos": cos, "cache_position": kw.get("cache_position")})
     mask = getattr(_model_call, "mask", None)

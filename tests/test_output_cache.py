@@ -63,18 +63,14 @@ def test_dropped_output_buffer_is_reused_and_overwritten():
 def test_small_outputs_and_out_argument_bypass_the_cache():
     _C.release_workspace()
     q, k, v = qkv(1, 64, 64, 2, 1, 64, torch.float32, seed=6)  # 32 KB
-    del_me = _streaming(q, k, v)
-    del del_me
+    small = _streaming(q, k, v)
+    del small
     assert _C.output_cache_bytes() == 0
     q, k, v = qkv(*SHAPE, torch.float32, seed=7)
     out = torch.empty_like(q)
-    assert _streaming_out(q, k, v, out) is out
+    assert sparse_attn.streaming_attention(q, k, v, sink_tokens=16, window_tokens=128, out=out) is out
     del out
     assert _C.output_cache_bytes() == 0
-
-
-def _streaming_out(q, k, v, out):
-    return sparse_attn.streaming_attention(q, k, v, sink_tokens=16, window_tokens=128, out=out)
 
 
 def test_cache_limit_from_environment():

@@ -96,7 +96,6 @@ at::Tensor cached_empty_like(const at::Tensor& like) {
 }
 
 size_t output_cache_bytes() { return cache().held(); }
-size_t output_cache_limit_bytes() { return cache().limit(); }
 void release_output_cache() { cache().release(); }
 
 }  // namespace sparse_attn::cpu

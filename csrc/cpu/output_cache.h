@@ -5,8 +5,8 @@
 // kernel on first touch, 16k page faults that cost ~15 ms on this 2-core machine, as much as
 // the attention itself at 10% density. Tensors from this cache are ordinary contiguous
 // tensors; when the last reference goes, the buffer comes back here instead of to the OS.
-// At most `limit_bytes()` are kept (SPARSE_ATTN_OUTPUT_CACHE_MB, default 512; 0 disables),
-// oldest dropped first; `release()` (sparse_attn._C.release_workspace) frees them all.
+// At most SPARSE_ATTN_OUTPUT_CACHE_MB MiB are kept (default 512; 0 disables), oldest
+// dropped first; release_output_cache() (sparse_attn._C.release_workspace) frees them all.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -22,7 +22,6 @@ constexpr size_t kOutputCacheMinBytes = size_t(1) << 20;
 
 // Bytes currently held by the cache (freed buffers waiting for reuse).
 size_t output_cache_bytes();
-size_t output_cache_limit_bytes();
 void release_output_cache();
 
 }  // namespace sparse_attn::cpu

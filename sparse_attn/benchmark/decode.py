@@ -91,7 +91,8 @@ def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[li
     bw = read_bandwidth_gbs()
     log(f"[decode] read bandwidth {bw:.1f} GB/s")
     llc = cache_evictor() if cfg.cold == "all" else None
-    cold = ("the KV tensors (paged cache, metadata, SDPA's K/V) flushed from every cache level (clflush, run on the intra-op threads so that the timed op finds them awake, as after a previous layer's ops)"
+    cold = ("the KV tensors (paged cache, metadata, SDPA's K/V) flushed from every cache level (clflush, run "
+            "on the intra-op threads so that the timed op finds them awake, as after a previous layer's ops)"
             if cfg.cold == "data" else f"a {llc.nbytes >> 20} MiB read (twice the last-level cache)")
     meta: dict[str, Any] = {"suite": "decode", "config": asdict(cfg), "read_bandwidth_gbs": bw,
                             "other_cpu_busy_start": cpu_busy_fraction(),

@@ -57,7 +57,8 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
     bw = read_bandwidth_gbs()
     threads = torch.get_num_threads()
     llc = cache_evictor() if cfg.cold == "all" else None  # decode is timed cold, as in the decode suite
-    cold = ("the paged cache flushed from every cache level (clflush, run on the intra-op threads so that the timed op finds them awake)" if cfg.cold == "data"
+    cold = ("the paged cache flushed from every cache level (clflush, run on the intra-op threads so that "
+            "the timed op finds them awake)" if cfg.cold == "data"
             else f"a {llc.nbytes >> 20} MiB read (twice the last-level cache)")
     meta: dict[str, Any] = {"suite": "stream_k", "config": asdict(cfg), "read_bandwidth_gbs": bw, "threads": threads,
                             "other_cpu_busy_start": cpu_busy_fraction(),
