@@ -70,13 +70,18 @@ def _schedule(args) -> int:
     from sparse_attn.schedule import table
 
     rows = table()
-    head = f"{'workload':<24}  {'tiles':>8}  {'tile':>4}  {'stream-K':>8}  {'fixed split':>11}  {'splits':>6}  " \
-           f"{'no split':>8}  {'fixed/stream-K makespan':>23}"
-    print("H100 (132 SMs, occupancy 1), 8 KV heads, group 4, head_dim 128; efficiency = ideal / makespan")
-    print(head)
+    cols = [("workload", "<24", "s"), ("tiles", ">8", "d"), ("tile", ">4", "d"), ("stream-K", ">8", ".3f"),
+            ("separate merge", ">14", ".3f"), ("fixed split", ">11", ".3f"), ("splits", ">6", "d"),
+            ("no split", ">8", ".3f"), ("bound", ">5", ".3f"), ("fixed/stream-K", ">14", ".2f"),
+            ("fixed/separate", ">14", ".2f")]
+    keys = ["workload", "tiles", "tile_tokens", "stream_k", "stream_k_separate", "fixed_split", "splits", "no_split",
+            "bound", "stream_k_vs_fixed", "stream_k_separate_vs_fixed"]
+    print("H100 (132 SMs, occupancy 1), 8 KV heads, group 4, head_dim 128; efficiency = ideal / makespan; "
+          "stream-K merges in the host worker (in-kernel fix-up) or after a barrier (separate merge); bound: "
+          "no schedule of whole tiles does better; the last two columns are makespan ratios")
+    print("  ".join(f"{name:{align}}" for name, align, _ in cols))
     for r in rows:
-        print(f"{r['workload']:<24}  {r['tiles']:>8}  {r['tile_tokens']:>4}  {r['stream_k']:>8.3f}  "
-              f"{r['fixed_split']:>11.3f}  {r['splits']:>6}  {r['no_split']:>8.3f}  {r['stream_k_vs_fixed']:>23.2f}")
+        print("  ".join(f"{r[k]:{align}{fmt}}" for k, (_, align, fmt) in zip(keys, cols)))
     if not args.no_json:
         print(f"results: {write_results('schedule', rows, {'machine': machine_info()}, args.out)}")
     return 0

@@ -149,7 +149,32 @@ def test_simulator_basics():
     with pytest.raises(ValueError, match="device"):
         schedule.simulate([10], 1, device="TPU")
     rows = schedule.table()
-    assert len(rows) == 20 and all(0 < row["stream_k"] <= 1.0 + 1e-9 for row in rows)
+    assert len(rows) == 20 and all(0 < row[k] <= 1.0 + 1e-9 for row in rows for k in schedule.SCHEDULES)
+
+
+def test_simulator_separate_merge_and_bound():
+    # one output of 4096 tiles over 132 workers: 32 tiles for the first 4, 31 for the rest;
+    # the host (worker 0) merges the other 131 partials itself, or they are spread over all
+    # workers after a barrier
+    m = schedule.merge_cost_tiles(16)
+    r = schedule.simulate([4096 * 16], num_kv_heads=1, tile_tokens=16)
+    assert r["stream_k"]["makespan"] == pytest.approx(16 * (32 + 131 * m))
+    assert r["stream_k_separate"]["makespan"] == pytest.approx(16 * (32 + 131 * m / 132))
+    # bound: tiles on 132 workers need 131 merges; on fewer, someone holds more tiles
+    assert r["bound"]["makespan"] == pytest.approx(16 * max(32, (4096 + 131 * m) / 132))
+    assert r["bound"]["makespan"] <= r["stream_k_separate"]["makespan"] <= r["stream_k"]["makespan"]
+    # few tiles: 8 outputs of one 16-token tile each; no schedule beats one tile per worker
+    small = schedule.simulate([16], num_kv_heads=8)
+    assert small["bound"]["makespan"] == 16 and small["bound"]["efficiency"] == pytest.approx(8 / 132)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=12), st.integers(1, 8), st.sampled_from([None, 16, 128]))
+def test_simulator_bound_is_a_lower_bound(lengths, heads, tile):
+    r = schedule.simulate(lengths, num_kv_heads=heads, tile_tokens=tile)
+    for k in ("stream_k", "stream_k_separate", "fixed_split", "no_split"):
+        assert r["bound"]["makespan"] <= r[k]["makespan"] + 1e-6, k
+    assert r["bound"]["makespan"] >= r["ideal"] - 1e-6
 
 
 def test_partition_and_plan_errors():
