@@ -148,6 +148,7 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
         row = dict(base, budget=budget, case=f"B={B} S={S} budget {budget}", quest_ms=ms[f"quest{budget}"])
         scores = sa.quest_scores(q, cache)
         pages, counts = sa.select_pages(scores, cache, token_budget=budget)
+        first = torch.arange(pages.shape[-1], dtype=pages.dtype).expand_as(pages).contiguous()
         parts = {
             "scores_ms": time_fn(lambda: sa.quest_scores(q, cache), [()], warmup=cfg.warmup, repeats=cfg.repeats,
                                  before=evict),
@@ -155,6 +156,11 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
                                  warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
             "attn_ms": time_fn(lambda: sa.paged_decode_attention(q, cache, pages=pages, counts=counts, out=out),
                                [()], warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
+            # Control: the same op over as many pages per head, every head taking the first
+            # pages (adjacent in the pool): the cost of the selected pages being scattered.
+            "attn_first_pages_ms": time_fn(
+                lambda: sa.paged_decode_attention(q, cache, pages=first, counts=counts, out=out), [()],
+                warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
         }
         for key, r in parts.items():
             row[key] = r["median"] * 1e3
@@ -179,7 +185,8 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
 def _one_line(r: dict) -> str:
     return (f"{r['case']}: sdpa {r['sdpa_ms']:.2f} ms ({r['sdpa_bw_fraction']:.0%} bw)  dense {r['dense_ms']:.2f} ms "
             f"({r['dense_bw_fraction']:.0%} bw)  quest {r['quest_ms']:.2f} ms = scores {r['scores_ms']:.2f} + "
-            f"select {r['select_ms']:.2f} + attn {r['attn_ms']:.2f}  x{r['quest_speedup_vs_sdpa']:.1f} vs sdpa, "
+            f"select {r['select_ms']:.2f} + attn {r['attn_ms']:.2f} (first pages {r['attn_first_pages_ms']:.2f})  "
+            f"x{r['quest_speedup_vs_sdpa']:.1f} vs sdpa, "
             f"{r['quest_floor_fraction']:.0%} of floor")
 
 
@@ -194,6 +201,7 @@ COLUMNS = [
     ("scores", lambda r: _fmt(r["scores_ms"], ".2f")),
     ("select", lambda r: _fmt(r["select_ms"], ".2f")),
     ("attn", lambda r: _fmt(r["attn_ms"], ".2f")),
+    ("attn, first pages", lambda r: _fmt(r.get("attn_first_pages_ms"), ".2f")),
     ("sdpa/quest", lambda r: _fmt(r["quest_speedup_vs_sdpa"], ".1f")),
     ("floor ms", lambda r: _fmt(r["quest_floor_ms"], ".2f")),
     ("floor/quest", lambda r: _fmt(r["quest_floor_fraction"], ".0%")),
