@@ -8,6 +8,7 @@ end-to-end quest_decode, bad inputs (ValueError naming the argument), opcheck.
 import pytest
 import torch
 
+from sparse_attn._ops import ops
 from sparse_attn import reference as ref
 from sparse_attn.paged import (PagedKVCache, paged_decode_attention, quest_decode, quest_scores,
                                select_pages)
@@ -396,6 +397,48 @@ def test_select_pages_with_ties(budget):
         scores[b, :, _npages(cache, b):] = float("-inf")
     pages, counts = select_pages(scores, cache, token_budget=budget, sink_pages=1, recent_pages=2)
     check_selection(scores, cache, pages, counts, budget, 1, 2)
+
+
+def _select_rule(row, n, k, sink, recent):
+    """The selection rule spelled out in Python (paged.h select_key): forced pages, then the
+    highest scores with NaN ranked as -inf, -0 equal to +0 and ties to the lower page."""
+    if k >= n:
+        return list(range(n))
+    forced = set(range(min(sink, n))) | set(range(max(n - recent, min(sink, n)), n))
+
+    def rank(j):
+        x = float(row[j])
+        return (-(float("-inf") if x != x else x), j)
+
+    rest = sorted((j for j in range(n) if j not in forced), key=rank)
+    return sorted(forced | set(rest[:k - len(forced)]))
+
+
+@pytest.mark.parametrize("budget,sink,recent", [(16 * 5, 1, 1), (16 * 128, 1, 1), (16 * 700, 2, 3), (16, 0, 1)])
+@pytest.mark.parametrize("values", ["ties", "wide"])
+def test_select_pages_exact_rule(budget, sink, recent, values):
+    """The CPU op's pages are exactly the rule's (ties to the lower page, NaN lowest, -0 == +0),
+    on rows of up to 2400 pages whose scores share long runs of equal leading bits."""
+    lens = [0, 16, 16 * 40 + 3, 16 * 2400, 16 * 1000 - 5]
+    P = -(-max(lens) // 16)
+    g = torch.Generator().manual_seed(budget + sink + len(values))
+    if values == "ties":  # few distinct values: the selection ends among ties of the top bits
+        scores = torch.randint(-2, 3, (len(lens), 2, P), generator=g).float()
+        pick = torch.randint(0, 12, scores.shape, generator=g)
+        for code, val in ((0, float("nan")), (1, float("inf")), (2, float("-inf")), (3, -0.0)):
+            scores[pick == code] = val
+        scores[1, 1] = 0.5  # one row all tied
+    else:  # close values: equal exponents, differing low mantissa bits
+        scores = 1.0 + torch.randint(0, 1 << 12, (len(lens), 2, P), generator=g).float() * 2.0**-20
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    pages, counts = ops.quest_select(scores, seqlens, 16, budget, sink, recent)
+    k = pages.shape[2]
+    for b, n in enumerate(-(-x // 16) for x in lens):
+        for h in range(2):
+            want = _select_rule(scores[b, h], n, k, sink, recent)
+            assert int(counts[b, h]) == len(want), (b, h)
+            assert pages[b, h, :len(want)].tolist() == want, (b, h)
+            assert not pages[b, h, len(want):].any(), (b, h)
 
 
 @pytest.mark.parametrize("which", ["+inf on ordinary pages", "-inf on pages of the sequence"])

@@ -193,16 +193,29 @@ SA_HOST_DEVICE float quest_bound(const float* q, const T* kmax, const T* kmin, i
 // number at most sink_pages + recent_pages <= k whenever n > k, so all of them are taken.
 constexpr int64_t kSelectNoPage = INT64_MAX;
 
-SA_HOST_DEVICE int64_t select_key(float score, int64_t j, int64_t n, int64_t sink_pages, int64_t recent_pages) {
-  if (j >= n) return kSelectNoPage;
-  const int64_t s_end = sink_pages < n ? sink_pages : n;
-  const int64_t r_begin = n - recent_pages > s_end ? n - recent_pages : s_end;
-  if (j < s_end || j >= r_begin) return j;
+// A score's rank as an unsigned integer, smaller for higher scores: NaN ranks with -inf and
+// -0 with +0. Never 0 (that would need a NaN), so 0 can stand for "forced".
+SA_HOST_DEVICE uint32_t select_score_rank(float score) {
   const float x = score != score ? -INFINITY : (score == 0.f ? 0.f : score);
   uint32_t u;
   memcpy(&u, &x, 4);
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order -> unsigned order
-  return (static_cast<int64_t>(~u) << 31) | j;     // ~u < 2^32: below 2^63 - 1
+  // float order -> unsigned order: negatives flip every bit, others set the sign bit
+  // (branch-free: the sign of a row's scores is not predictable).
+  u ^= static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;
+  return ~u;
+}
+
+// Whether page j of n is always taken: one of the first sink_pages or last recent_pages.
+SA_HOST_DEVICE bool select_forced(int64_t j, int64_t n, int64_t sink_pages, int64_t recent_pages) {
+  const int64_t s_end = sink_pages < n ? sink_pages : n;
+  const int64_t r_begin = n - recent_pages > s_end ? n - recent_pages : s_end;
+  return j < s_end || j >= r_begin;
+}
+
+SA_HOST_DEVICE int64_t select_key(float score, int64_t j, int64_t n, int64_t sink_pages, int64_t recent_pages) {
+  if (j >= n) return kSelectNoPage;
+  if (select_forced(j, n, sink_pages, recent_pages)) return j;
+  return (static_cast<int64_t>(select_score_rank(score)) << 31) | j;  // rank < 2^32: below 2^63 - 1
 }
 
 // The page of a key (kSelectNoPage gives 0x7fffffff, above every page id).
