@@ -35,3 +35,20 @@ def test_before_runs_once_per_timed_call_only():
     time_interleaved({"x": (lambda: log.append("x"), [()]), "y": (lambda: log.append("y"), [()])},
                      warmup=1, repeats=2, before=lambda: log.append("before"))
     assert log == ["x", "y"] + ["before", "x", "before", "y"] * 2
+
+
+def test_garbage_collector_paused_while_timing_and_restored():
+    import gc
+
+    seen = []
+    assert gc.isenabled()
+    time_fn(lambda: seen.append(gc.isenabled()), [()], warmup=1, repeats=2)
+    time_interleaved({"x": (lambda: seen.append(gc.isenabled()), [()])}, warmup=1, repeats=2)
+    assert seen == [True, False, False, True, False, False]  # warm-up calls run with it on
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        time_fn(lambda: None, [()], repeats=1)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
