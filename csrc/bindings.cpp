@@ -650,6 +650,22 @@ at::Tensor paged_decode_stream_k_cpu(const at::Tensor& q, const at::Tensor& k_pa
   return paged_decode_impl(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, &sk);
 }
 
+// One Quest decode step in one op: scores, selection, attention over the selected pages,
+// the same three CPU ops quest_decode would call from Python (bit-identical results).
+// Why one op: at batch 1 each step is ~0.1-0.8 ms, and each op call after a step that
+// streamed megabytes paid ~30-45 us of interpreter and dispatcher cache misses (a 16-float
+// torch.add: 2 us warm, 30-45 us right after a Quest step), plus the Python wrappers.
+at::Tensor quest_decode_cpu(const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+                            const at::Tensor& k_max, const at::Tensor& k_min, const at::Tensor& page_table,
+                            const at::Tensor& seqlens, bool sum_reduce, int64_t token_budget, int64_t sink_pages,
+                            int64_t recent_pages, at::Tensor& out, double scale) {
+  check_pages_tensor(k_pages, "k_pages");
+  const at::Tensor scores = quest_scores_cpu(q, k_max, k_min, page_table, seqlens, k_pages.size(1), sum_reduce);
+  const auto [pages, counts] =
+      quest_select_cpu(scores, seqlens, k_pages.size(1), token_budget, sink_pages, recent_pages);
+  return paged_decode_impl(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, nullptr);
+}
+
 }  // namespace
 }  // namespace sparse_attn
 
@@ -685,6 +701,10 @@ TORCH_LIBRARY(sparse_attn, m) {
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor page_table, Tensor seqlens, "
       "Tensor? pages, Tensor? counts, Tensor(a!) out, float scale) -> Tensor");
+  m.def(
+      "quest_decode(Tensor q, Tensor k_pages, Tensor v_pages, Tensor k_max, Tensor k_min, Tensor page_table, "
+      "Tensor seqlens, bool sum_reduce, int token_budget, int sink_pages, int recent_pages, Tensor(a!) out, "
+      "float scale) -> Tensor");
   // An uninitialized output of q's shape and dtype from the CPU output cache (output_cache.h).
   m.def("output_like(Tensor q) -> Tensor");
   m.def(
@@ -703,6 +723,7 @@ TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
   m.impl("quest_select", &sparse_attn::quest_select_cpu);
   m.impl("paged_decode_attention", &sparse_attn::paged_decode_attention_cpu);
   m.impl("paged_decode_stream_k", &sparse_attn::paged_decode_stream_k_cpu);
+  m.impl("quest_decode", &sparse_attn::quest_decode_cpu);
   m.impl("output_like", &sparse_attn::cpu::cached_empty_like);
 }
 

@@ -65,6 +65,12 @@ def _paged_decode_attention_fake(q, k_pages, v_pages, page_table, seqlens, pages
     return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
 
 
+@torch.library.register_fake("sparse_attn::quest_decode")
+def _quest_decode_fake(q, k_pages, v_pages, k_max, k_min, page_table, seqlens, sum_reduce, token_budget, sink_pages,
+                       recent_pages, out, scale):
+    return q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+
+
 @torch.library.register_fake("sparse_attn::paged_decode_stream_k")
 def _paged_decode_stream_k_fake(q, k_pages, v_pages, page_table, seqlens, pages, counts, out, scale, offsets,
                                 slot_base, workers, tile_pages, ws_state, ws_acc):

@@ -385,6 +385,16 @@ def plan_decode(cache: PagedKVCache, *, heads_q: int, pages: Optional[torch.Tens
                       torch.empty(n, G, D, dtype=torch.float32, device=dev))
 
 
+def _decode_query(q, cache: PagedKVCache, out: Optional[torch.Tensor], scale: Optional[float], op: str):
+    """Checks a decode query against the cache; returns ``(out, scale)`` with their defaults."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError(f"{op}: q must be [batch, heads_q, head_dim], got "
+                         f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    if q.dtype != cache.k_pages.dtype:
+        raise ValueError(f"{op}: q must have the cache's dtype {cache.k_pages.dtype}, got {q.dtype}")
+    return (torch.empty_like(q) if out is None else out), (float(q.shape[-1] ** -0.5) if scale is None else float(scale))
+
+
 def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,
                            counts: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                            return_lse: bool = False, out: Optional[torch.Tensor] = None,
@@ -398,14 +408,7 @@ def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optio
     stream-K over the plan's workers; otherwise by fixed chunks of pages. Returns ``out``
     ``[B, heads_q, head_dim]`` or ``(out, lse [B, heads_q])``.
     """
-    if not isinstance(q, torch.Tensor) or q.dim() != 3:
-        raise ValueError(f"paged_decode_attention: q must be [batch, heads_q, head_dim], got "
-                         f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
-    if q.dtype != cache.k_pages.dtype:
-        raise ValueError(f"paged_decode_attention: q must have the cache's dtype {cache.k_pages.dtype}, got {q.dtype}")
-    if out is None:
-        out = torch.empty_like(q)
-    sc = float(q.shape[-1] ** -0.5) if scale is None else float(scale)
+    out, sc = _decode_query(q, cache, out, scale, "paged_decode_attention")
     if plan is None:
         lse = ops.paged_decode_attention(q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, pages,
                                          counts, out, sc)
@@ -426,7 +429,28 @@ def quest_decode(q: torch.Tensor, cache: PagedKVCache, *, token_budget: int, gro
                  sink_pages: int = 1, recent_pages: int = 1, scale: Optional[float] = None,
                  return_lse: bool = False, out: Optional[torch.Tensor] = None):
     """One Quest decode step: :func:`quest_scores`, :func:`select_pages`, then
-    :func:`paged_decode_attention` over the selected pages."""
+    :func:`paged_decode_attention` over the selected pages (on the CPU as one op, with the
+    same results). Returns ``out [B, heads_q, head_dim]`` or ``(out, lse [B, heads_q])``.
+
+    Example::
+
+        import torch, sparse_attn
+        cache = sparse_attn.PagedKVCache(64, 16, 2, 64, batch_size=1, max_pages_per_seq=64)
+        k = torch.randn(1, 600, 2, 64, dtype=torch.bfloat16)
+        cache.prefill(k, k, seqlens=torch.tensor([600]))
+        q = torch.randn(1, 8, 64, dtype=torch.bfloat16)
+        out = sparse_attn.quest_decode(q, cache, token_budget=128)  # 8 of 38 pages per KV head
+    """
+    if cache.k_pages.device.type == "cpu":
+        _check_int("token_budget", token_budget, 1, "quest_decode")
+        _check_int("sink_pages", sink_pages, 0, "quest_decode")
+        _check_int("recent_pages", recent_pages, 0, "quest_decode")
+        if group_reduce not in ("max", "sum"):
+            raise ValueError(f"quest_decode: group_reduce must be 'max' or 'sum', got {group_reduce!r}")
+        out, sc = _decode_query(q, cache, out, scale, "quest_decode")
+        lse = ops.quest_decode(q, cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, cache.page_table,
+                               cache.seqlens, group_reduce == "sum", token_budget, sink_pages, recent_pages, out, sc)
+        return (out, lse) if return_lse else out
     scores = quest_scores(q, cache, group_reduce=group_reduce)
     pages, counts = select_pages(scores, cache, token_budget=token_budget, sink_pages=sink_pages,
                                  recent_pages=recent_pages)

@@ -904,6 +904,29 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.sparse_attn.paged_decode_attention,
                               (q, cache.k_pages, cache.v_pages, cache.page_table, cache.seqlens, p, c,
                                torch.zeros_like(q), 0.3))
+    for sum_reduce in (False, True):
+        torch.library.opcheck(torch.ops.sparse_attn.quest_decode,
+                              (q, cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, cache.page_table,
+                               cache.seqlens, sum_reduce, 16, 1, 1, torch.zeros_like(q), 0.3))
+
+
+@pytest.mark.parametrize("bad", ["token_budget", "sink_pages", "group_reduce", "q dtype", "q shape"])
+def test_quest_decode_errors_name_the_argument(bad):
+    cache, g = make_cache([37, 20], 2, 16, torch.float32, 8, seed=3)
+    q = _randn((2, 4, 16), torch.float32, g)
+    kw = dict(token_budget=16)
+    if bad == "token_budget":
+        kw["token_budget"] = 0
+    elif bad == "sink_pages":
+        kw["sink_pages"] = -1
+    elif bad == "group_reduce":
+        kw["group_reduce"] = "mean"
+    elif bad == "q dtype":
+        q = q.double()
+    else:
+        q = q[:, :, :8]
+    with pytest.raises(ValueError, match=bad.split()[0]):
+        quest_decode(q, cache, **kw)
 
 
 def test_large_pools_are_huge_page_aligned_zeros(monkeypatch):
