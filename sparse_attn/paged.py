@@ -392,7 +392,8 @@ def _decode_query(q, cache: PagedKVCache, out: Optional[torch.Tensor], scale: Op
                          f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
     if q.dtype != cache.k_pages.dtype:
         raise ValueError(f"{op}: q must have the cache's dtype {cache.k_pages.dtype}, got {q.dtype}")
-    return (torch.empty_like(q) if out is None else out), (float(q.shape[-1] ** -0.5) if scale is None else float(scale))
+    sc = float(q.shape[-1] ** -0.5) if scale is None else float(scale)
+    return (torch.empty_like(q) if out is None else out), sc
 
 
 def paged_decode_attention(q: torch.Tensor, cache: PagedKVCache, *, pages: Optional[torch.Tensor] = None,
