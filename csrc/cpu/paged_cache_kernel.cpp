@@ -172,20 +172,21 @@ template <typename T> struct ScoresF {
 
 // Lists ascending the pages of the take (< n) smallest of rank[0..n), ties to the lower page:
 // select_key's order, whose key is (rank, page) with forced pages ranked 0. Radix selection
-// of the take-th smallest rank, 8-bit digits from the highest bit on which the ranks differ
-// (scores of one row share sign and most exponent bits): each pass counts the digits of the
-// ranks still in play and keeps the bucket holding the answer. Then one scan in page order
-// takes the ranks below it and the first of those equal to it. nth_element on 64-bit keys
-// took ~16 us per row of 2048 pages.
+// of the take-th smallest rank, 8-bit digits from the highest bit on which the unforced
+// ranks differ (all_and / all_or: over those only; a row's scores share sign and most
+// exponent bits, and forced zeros would make every bit differ). Forced zeros stay among the
+// candidates: their digits are 0 wherever they are compared, so they rank first as they
+// should. Each pass counts the digits of the candidates and keeps the bucket holding the
+// answer. Then one scan in page order takes the ranks below it and the first of those
+// equal to it. nth_element on 64-bit keys took ~16 us per row of 2048 pages.
 void list_smallest(const uint32_t* rank, int64_t n, int64_t take, uint32_t all_and, uint32_t all_or, uint32_t* work,
                    int32_t* out) {
   const uint32_t differ = all_and ^ all_or;
-  uint32_t value = all_and;  // every rank is this one if none differ
-  int64_t need = take;       // the answer's rank among the live candidates, 1-based
+  uint32_t value = all_and;  // the take-th smallest rank; all unforced ranks are this one if none differ
   if (differ != 0) {
     int lo = std::max(0, 31 - __builtin_clz(differ) - 7);
     const uint32_t* src = rank;
-    int64_t live = n;
+    int64_t live = n, need = take;  // need: the answer's rank among the live candidates, 1-based
     while (true) {
       int64_t count[256] = {};
       for (int64_t i = 0; i < live; ++i) ++count[(src[i] >> lo) & 255];
@@ -201,16 +202,15 @@ void list_smallest(const uint32_t* rank, int64_t n, int64_t take, uint32_t all_a
       if (lo == 0 || live == need) break;  // live == need: every candidate left is taken
       lo = std::max(0, lo - 8);
     }
-    value = *std::max_element(work, work + live);  // the candidates left tie on the bits above lo
-    // Ties on value among the candidates: those equal to value go by page order, below
-    // value all are taken. need counts how many ranks equal to value are taken.
-    need = take;
-    for (int64_t j = 0; j < n; ++j) need -= rank[j] < value;
+    value = *std::max_element(work, work + live);  // all live are taken, or all equal
   }
+  // Ranks below value are all taken; ties = how many equal to value, in page order.
+  int64_t ties = take;
+  for (int64_t j = 0; j < n; ++j) ties -= rank[j] < value;
   int64_t t = 0;
   for (int64_t j = 0; j < n && t < take; ++j) {
-    const bool tie = rank[j] == value && need > 0;
-    need -= tie;
+    const bool tie = rank[j] == value && ties > 0;
+    ties -= tie;
     out[t] = static_cast<int32_t>(j);  // in bounds: t < take <= k
     t += rank[j] < value || tie;
   }
@@ -236,10 +236,12 @@ void select_pages(const float* scores, int64_t batch, int64_t heads_kv, int64_t 
         for (int64_t j = 0; j < n; ++j) out[j] = static_cast<int32_t>(j);
       } else if (take > 0) {
         rank.resize(n), work.resize(n);
-        uint32_t all_and = ~0u, all_or = 0u;
+        uint32_t all_and = ~0u, all_or = 0u;  // over the unforced pages (take < n: there are some)
         for (int64_t j = 0; j < n; ++j) {
-          const uint32_t r = select_forced(j, n, sink_pages, recent_pages) ? 0u : select_score_rank(sc[j]);
-          rank[j] = r, all_and &= r, all_or |= r;
+          const bool forced = select_forced(j, n, sink_pages, recent_pages);
+          const uint32_t r = forced ? 0u : select_score_rank(sc[j]);
+          rank[j] = r;
+          all_and &= forced ? ~0u : r, all_or |= r;
         }
         list_smallest(rank.data(), n, take, all_and, all_or, work.data(), out);
       }
