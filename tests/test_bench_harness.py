@@ -2,7 +2,7 @@
 ``before`` once per timed call, never inside the timed region."""
 import torch
 
-from sparse_attn.benchmark.harness import cache_evictor, data_evictor, time_fn, time_interleaved
+from sparse_attn.benchmark.harness import cache_evictor, code_warmer, data_evictor, time_fn, time_interleaved
 
 
 def test_data_evictor_keeps_contents_and_covers_every_tensor():
@@ -52,3 +52,11 @@ def test_garbage_collector_paused_while_timing_and_restored():
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_warm_runs_after_before_and_only_for_its_fn():
+    log = []
+    time_interleaved({"x": (lambda: log.append("x"), [()]), "y": (lambda: log.append("y"), [()])},
+                     warmup=1, repeats=2, before=lambda: log.append("before"),
+                     warm={"x": code_warmer(lambda: log.append("wx1"), lambda: log.append("wx2"))})
+    assert log == ["x", "y"] + ["before", "wx1", "wx2", "x", "before", "y"] * 2

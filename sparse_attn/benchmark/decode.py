@@ -12,7 +12,11 @@ layer's KV cache inside a decode step, while code and small tensors stay cached 
 runs on the intra-op threads, so the timed op does not pay for waking them); on a CPU
 with a 480 MB last-level cache a 128 MB KV cache would otherwise be read from it.
 ``--cold all`` reads twice the last-level cache instead (:func:`harness.cache_evictor`),
-which evicts the code too:
+which evicts the code too. Then (``--code warm``, the default) the same op runs once on a
+cache of one page per sequence (:func:`harness.code_warmer`): in a model the op ran one
+layer earlier, so its code path is warm while its data is not; a ~40 ms eviction left the
+first op call after it ~0.12 ms slower, which at batch 1 is a tenth of a Quest step. Each
+Quest step is also timed without that warm-up (``quest_code_cold_ms``), for comparison:
 
 * ``sdpa``: ``F.scaled_dot_product_attention(q[:, :, None], k.transpose(1, 2), v.transpose(1, 2),
   enable_gqa=True)``, dense decode over the contiguous cache;
@@ -35,8 +39,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .harness import (apply_common_args, cache_evictor, cpu_busy_fraction, data_evictor, read_bandwidth_gbs, text_table,
-                      time_fn, time_interleaved)
+from .harness import (apply_common_args, cache_evictor, code_warmer, cpu_busy_fraction, data_evictor,
+                      read_bandwidth_gbs, text_table, time_fn, time_interleaved)
 from .prefill import NOISY_SPREAD, _fmt, _ok
 
 DENSE_BW_TARGET = 0.6
@@ -58,6 +62,7 @@ class DecodeConfig:
     repeats: int = 15
     seed: int = 0
     cold: str = "data"  # what is evicted before each timed call: "data" (the KV tensors) or "all"
+    code: str = "warm"  # after the eviction: "warm" runs the op on a tiny input (harness.code_warmer), "cold" not
 
 
 def quick_config() -> DecodeConfig:
@@ -70,6 +75,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cold", choices=["data", "all"],
                         help="decode / stream_k: before each timed call evict the KV tensors from the caches "
                              "(data, default) or read twice the last-level cache (all, code evicted too)")
+    parser.add_argument("--code", choices=["warm", "cold"],
+                        help="decode / stream_k: after the eviction run the timed op once on a tiny input (warm, "
+                             "default: as in a model, where the op ran one layer earlier) or not (cold)")
 
 
 def config_from_args(args) -> DecodeConfig:
@@ -81,6 +89,8 @@ def config_from_args(args) -> DecodeConfig:
         cfg.budgets = list(args.dec_budgets)
     if getattr(args, "cold", None):
         cfg.cold = args.cold
+    if getattr(args, "code", None):
+        cfg.code = args.code
     return cfg
 
 
@@ -97,7 +107,10 @@ def run(cfg: DecodeConfig, log: Callable[[str], None] | None = None) -> tuple[li
     meta: dict[str, Any] = {"suite": "decode", "config": asdict(cfg), "read_bandwidth_gbs": bw,
                             "other_cpu_busy_start": cpu_busy_fraction(),
                             "timing": "sdpa, dense and quest steps interleaved call by call, median of repeats; "
-                                      f"every timed call cold: before it, {cold}",
+                                      f"every timed call cold: before it, {cold}; "
+                                      + ("then the same op on a tiny cache of its own (code warm, data cold, as "
+                                         "in a model's decode step); quest_code_cold_ms: the step without it"
+                                         if cfg.code == "warm" else "code not warmed"),
                             "targets": {"dense_bw_fraction_min": DENSE_BW_TARGET,
                                         "quest_speedup_vs_sdpa_min_at_32768_budget_2048": QUEST_SPEEDUP_TARGET,
                                         "quest_floor_fraction_min": QUEST_FLOOR_TARGET}}
@@ -123,16 +136,31 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
     kh, vh = k.transpose(1, 2), v.transpose(1, 2)
     out = torch.empty_like(q)
     evict = llc or data_evictor(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k, v)
+    # Code warm, data cold: each timed op first runs on a cache of one page per sequence.
+    tiny = sa.PagedKVCache(B, ps, Hkv, D, batch_size=B, max_pages_per_seq=1, dtype=dtype)
+    tk = torch.randn(B, ps, Hkv, D, generator=g).to(dtype)
+    tiny.prefill(tk, tk, torch.full((B,), ps))
+    tkh, t_out = tk.transpose(1, 2), torch.empty_like(q)
+    t_pages, t_counts = sa.select_pages(sa.quest_scores(q, tiny), tiny, token_budget=ps)
+    code = cfg.code == "warm"
+
+    def warm_with(*calls):
+        return code_warmer(*calls) if code else (lambda: None)
 
     def sdpa():
         return F.scaled_dot_product_attention(q[:, :, None], kh, vh, enable_gqa=True)
 
     fns = {"sdpa": (sdpa, [()]), "dense": (lambda: sa.paged_decode_attention(q, cache, out=out), [()])}
+    warm = {"sdpa": warm_with(lambda: F.scaled_dot_product_attention(q[:, :, None], tkh, tkh, enable_gqa=True)),
+            "dense": warm_with(lambda: sa.paged_decode_attention(q, tiny, out=t_out))}
     for budget in cfg.budgets:
         fns[f"quest{budget}"] = (lambda b=budget: sa.quest_decode(q, cache, token_budget=b, out=out), [()])
+        warm[f"quest{budget}"] = warm_with(lambda b=budget: sa.quest_decode(q, tiny, token_budget=b, out=t_out))
+        if code:  # the same step without the warm-up, for comparison
+            fns[f"quest{budget}_code_cold"] = fns[f"quest{budget}"]
     # Correctness of what is timed: dense paged decode against SDPA.
     err = float((sa.paged_decode_attention(q, cache).float() - sdpa()[:, :, 0].float()).abs().max())
-    t = time_interleaved(fns, warmup=cfg.warmup, repeats=cfg.repeats, before=evict)
+    t = time_interleaved(fns, warmup=cfg.warmup, repeats=cfg.repeats, before=evict, warm=warm)
     ms = {name: (r["median"] * 1e3 if "median" in r else None) for name, r in t.items()}
     kv_bytes = B * S * Hkv * D * 2 * k.element_size()
     base = {"batch": B, "context": S, "heads_q": Hq, "heads_kv": Hkv, "head_dim": D, "page_size": ps,
@@ -149,18 +177,22 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
         scores = sa.quest_scores(q, cache)
         pages, counts = sa.select_pages(scores, cache, token_budget=budget)
         first = torch.arange(pages.shape[-1], dtype=pages.dtype).expand_as(pages).contiguous()
+        t_scores = sa.quest_scores(q, tiny)
+        w_scores = warm_with(lambda: sa.quest_scores(q, tiny))
+        w_select = warm_with(lambda: sa.select_pages(t_scores, tiny, token_budget=budget))
+        w_attn = warm_with(lambda: sa.paged_decode_attention(q, tiny, pages=t_pages, counts=t_counts, out=t_out))
+
+        def part(fn, w):
+            return time_fn(fn, [()], warmup=cfg.warmup, repeats=cfg.repeats, before=lambda: (evict(), w()))
+
         parts = {
-            "scores_ms": time_fn(lambda: sa.quest_scores(q, cache), [()], warmup=cfg.warmup, repeats=cfg.repeats,
-                                 before=evict),
-            "select_ms": time_fn(lambda: sa.select_pages(scores, cache, token_budget=budget), [()],
-                                 warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
-            "attn_ms": time_fn(lambda: sa.paged_decode_attention(q, cache, pages=pages, counts=counts, out=out),
-                               [()], warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
+            "scores_ms": part(lambda: sa.quest_scores(q, cache), w_scores),
+            "select_ms": part(lambda: sa.select_pages(scores, cache, token_budget=budget), w_select),
+            "attn_ms": part(lambda: sa.paged_decode_attention(q, cache, pages=pages, counts=counts, out=out), w_attn),
             # Control: the same op over as many pages per head, every head taking the first
             # pages (adjacent in the pool): the cost of the selected pages being scattered.
-            "attn_first_pages_ms": time_fn(
-                lambda: sa.paged_decode_attention(q, cache, pages=first, counts=counts, out=out), [()],
-                warmup=cfg.warmup, repeats=cfg.repeats, before=evict),
+            "attn_first_pages_ms": part(
+                lambda: sa.paged_decode_attention(q, cache, pages=first, counts=counts, out=out), w_attn),
         }
         for key, r in parts.items():
             row[key] = r["median"] * 1e3
@@ -174,7 +206,9 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
         row["quest_speedup_vs_sdpa"] = row["sdpa_ms"] / row["quest_ms"]
         row["quest_ok"] = row["quest_floor_fraction"] >= QUEST_FLOOR_TARGET and (
             row["quest_speedup_vs_sdpa"] >= QUEST_SPEEDUP_TARGET or not (S == 32768 and budget == 2048))
-        row["timings_s"] = {n: t[n] for n in ("sdpa", "dense", f"quest{budget}")}
+        cold_name = f"quest{budget}_code_cold"
+        row["quest_code_cold_ms"] = t[cold_name]["median"] * 1e3 if cold_name in t else None
+        row["timings_s"] = {n: t[n] for n in ("sdpa", "dense", f"quest{budget}", cold_name) if n in t}
         spreads = [x["max"] / x["min"] for x in row["timings_s"].values() if x.get("min")]
         row["max_spread"] = max(spreads) if spreads else None
         rows.append(row)
@@ -198,6 +232,7 @@ COLUMNS = [
     ("dense bw", lambda r: _fmt(r["dense_bw_fraction"], ".0%")),
     (f">={DENSE_BW_TARGET:.0%}", lambda r: _ok(r["dense_ok"])),
     ("quest ms", lambda r: _fmt(r["quest_ms"], ".2f")),
+    ("code cold", lambda r: _fmt(r.get("quest_code_cold_ms"), ".2f")),
     ("scores", lambda r: _fmt(r["scores_ms"], ".2f")),
     ("select", lambda r: _fmt(r["select_ms"], ".2f")),
     ("attn", lambda r: _fmt(r["attn_ms"], ".2f")),
