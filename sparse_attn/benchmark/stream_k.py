@@ -10,7 +10,9 @@ leaves a thread idle when the outputs do not divide evenly over the threads.
 Targets: stream-K >= 60% of the read bandwidth, and >= 1.4x the baseline where it leaves a
 thread idle (batch 1, 3 KV heads, 2 threads). Every timed call is cold, as in the decode
 suite: the paged cache is flushed from the caches before it (``--cold data``), or twice the
-last-level cache is read (``--cold all``).
+last-level cache is read (``--cold all``); then, as in the decode suite (``--code warm``,
+default), the same call runs once on a cache of one page per sequence with plans of its
+own, so the timed call finds its code warm and its data cold.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from .harness import (apply_common_args, cache_evictor, cpu_busy_fraction, data_evictor, read_bandwidth_gbs, text_table,
-                      time_interleaved)
+from .harness import (apply_common_args, cache_evictor, code_warmer, cpu_busy_fraction, data_evictor,
+                      read_bandwidth_gbs, text_table, time_interleaved)
 from .prefill import _fmt, _ok
 
 BW_TARGET = 0.6
@@ -36,6 +38,7 @@ class StreamKConfig:
     warmup: int = 3
     repeats: int = 15
     cold: str = "data"  # evicted before each timed call: "data" (the paged cache) or "all" (harness)
+    code: str = "warm"  # then "warm": the call once on a tiny cache (harness.code_warmer); "cold": not
 
 
 def quick_config() -> StreamKConfig:
@@ -47,6 +50,8 @@ def config_from_args(args) -> StreamKConfig:
                             seqlens_field=None)
     if getattr(args, "cold", None):  # the option is declared by the decode suite (shared parser)
         cfg.cold = args.cold
+    if getattr(args, "code", None):
+        cfg.code = args.code
     return cfg
 
 
@@ -63,7 +68,9 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
     meta: dict[str, Any] = {"suite": "stream_k", "config": asdict(cfg), "read_bandwidth_gbs": bw, "threads": threads,
                             "other_cpu_busy_start": cpu_busy_fraction(),
                             "timing": "stream-K, per (seq, head) and fixed chunks interleaved call by call, median of "
-                                      f"repeats; every timed call cold: before it, {cold}"}
+                                      f"repeats; every timed call cold: before it, {cold}"
+                                      + ("; then the same call on a one-page-per-sequence cache (code warm, data "
+                                         "cold)" if cfg.code == "warm" else "; code not warmed")}
     rows = []
     for Hq, Hkv, D in cfg.shapes:
         for lens in cfg.batches:
@@ -81,11 +88,12 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
             per_head = sa.plan_decode(cache, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
             err = float((sa.paged_decode_attention(q, cache, plan=plan).float()
                          - sa.paged_decode_attention(q, cache, plan=per_head).float()).abs().max())
+            warm = _code_warmers(sa, cfg, B, Hq, Hkv, D, q)
             t = time_interleaved({
                 "stream_k": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=plan), [()]),
                 "per_head": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=per_head), [()]),
                 "fixed_chunks": (lambda: sa.paged_decode_attention(q, cache, out=out), [()]),
-            }, warmup=cfg.warmup, repeats=cfg.repeats, before=evict)
+            }, warmup=cfg.warmup, repeats=cfg.repeats, before=evict, warm=warm)
             ms = {n: r["median"] * 1e3 for n, r in t.items()}
             nbytes = sum(lens) * Hkv * D * 2 * 2
             row = {"case": f"Hkv={Hkv} D={D} lens={lens}", "heads_q": Hq, "heads_kv": Hkv, "head_dim": D,
@@ -100,7 +108,7 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
             row["speedup_ok"] = row["speedup_vs_per_head"] >= SPEEDUP_TARGET if row["idle_thread_case"] else None
             if row["idle_thread_case"] and B == 1 and threads == 2:
                 row.update(_balance_gain(ms["stream_k"], Hkv, lambda: sa.paged_decode_attention(
-                    q, cache, out=out, plan=per_head), evict, cfg))
+                    q, cache, out=out, plan=per_head), evict, warm.get("per_head"), cfg))
             rows.append(row)
             log(f"[stream_k] {row['case']}: stream-K {ms['stream_k']:.2f} ms ({row['bw_fraction']:.0%} bw), "
                 f"per (seq, head) {ms['per_head']:.2f} ms, fixed chunks {ms['fixed_chunks']:.2f} ms")
@@ -108,7 +116,23 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
     return rows, meta
 
 
-def _balance_gain(stream_k_ms: float, heads: int, one_thread_call, evict, cfg: StreamKConfig) -> dict:
+def _code_warmers(sa, cfg: StreamKConfig, B: int, Hq: int, Hkv: int, D: int, q: torch.Tensor) -> dict:
+    """Per timed call, the same call on a cache of one page per sequence (empty if --code cold)."""
+    if cfg.code != "warm":
+        return {}
+    ps = cfg.page_size
+    tiny = sa.PagedKVCache(B, ps, Hkv, D, batch_size=B, max_pages_per_seq=1, dtype=torch.bfloat16)
+    tk = torch.randn(B, ps, Hkv, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    tiny.prefill(tk, tk, torch.full((B,), ps))
+    t_out = torch.empty_like(q)
+    t_plan = sa.plan_decode(tiny, heads_q=Hq)
+    t_per_head = sa.plan_decode(tiny, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
+    return {"stream_k": code_warmer(lambda: sa.paged_decode_attention(q, tiny, out=t_out, plan=t_plan)),
+            "per_head": code_warmer(lambda: sa.paged_decode_attention(q, tiny, out=t_out, plan=t_per_head)),
+            "fixed_chunks": code_warmer(lambda: sa.paged_decode_attention(q, tiny, out=t_out))}
+
+
+def _balance_gain(stream_k_ms: float, heads: int, one_thread_call, evict, warm, cfg: StreamKConfig) -> dict:
     """What balance alone can gain over the per-head split at batch 1, measured.
 
     The same work on one thread (the per-head plan, outputs one after another) takes
@@ -121,7 +145,7 @@ def _balance_gain(stream_k_ms: float, heads: int, one_thread_call, evict, cfg: S
     torch.set_num_threads(1)
     try:
         t = time_interleaved({"one_thread": (one_thread_call, [()])}, warmup=cfg.warmup, repeats=cfg.repeats,
-                             before=evict)
+                             before=evict, warm={"one_thread": warm} if warm else None)
     finally:
         torch.set_num_threads(threads)
     t1 = t["one_thread"]["median"] * 1e3
