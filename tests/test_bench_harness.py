@@ -60,3 +60,10 @@ def test_warm_runs_after_before_and_only_for_its_fn():
                      warmup=1, repeats=2, before=lambda: log.append("before"),
                      warm={"x": code_warmer(lambda: log.append("wx1"), lambda: log.append("wx2"))})
     assert log == ["x", "y"] + ["before", "wx1", "wx2", "x", "before", "y"] * 2
+
+
+def test_projection_standin_is_a_matrix_vector_product_of_the_size_asked():
+    from sparse_attn.benchmark.harness import projection_standin
+
+    y = projection_standin(1 << 20)()
+    assert y.shape == (512,) and y.dtype == torch.bfloat16

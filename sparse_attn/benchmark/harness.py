@@ -326,6 +326,21 @@ def code_warmer(*calls: Callable[[], Any]) -> Callable[[], None]:
     return warm
 
 
+def projection_standin(nbytes: int = 8 << 20) -> Callable[[], Any]:
+    """A callable standing in for the projection that precedes attention in a decode step:
+    a bf16 matrix-vector product over ``nbytes`` of weights of its own, on the intra-op
+    threads. Run after an evictor (before the op's :func:`code_warmer` call) it leaves the
+    cores as a model's previous op does. After the ``clflush`` evictor alone, 8k-token dense
+    decode at B=1 took 1.7-1.9 ms in about half the calls and 2.2-2.5 ms in the others; a
+    multi-MB op in between (this 8 MB product, or a 4 MB in-place add) removed the slow
+    mode, a 512 KB add or a 2 ms pause did not.
+    """
+    cols = 1024
+    w = torch.randn(max(nbytes // (2 * cols), 1), cols).to(torch.bfloat16)
+    x = torch.randn(cols).to(torch.bfloat16)
+    return lambda: torch.mv(w, x)
+
+
 def machine_tag() -> str:
     """Short file-name-safe machine tag: ``$SPARSE_ATTN_BENCH_TAG`` or ``<hostname>-<N>c[-gpu]``."""
     tag = os.environ.get("SPARSE_ATTN_BENCH_TAG")
