@@ -910,6 +910,15 @@ def test_opcheck():
                                cache.seqlens, sum_reduce, 16, 1, 1, torch.zeros_like(q), 0.3))
 
 
+def test_quest_decode_op_rejects_metadata_of_another_pool():
+    cache, g = make_cache([37, 20], 2, 16, torch.float32, 8, seed=4)
+    q = _randn((2, 4, 16), torch.float32, g)
+    meta = torch.zeros(cache.k_max.shape[0], 1, 16)  # one KV head where the pool has two
+    with pytest.raises(ValueError, match=r"k_max must be \[num_pages, heads_kv, head_dim\]"):
+        torch.ops.sparse_attn.quest_decode(q, cache.k_pages, cache.v_pages, meta, meta, cache.page_table,
+                                           cache.seqlens, False, 16, 1, 1, torch.empty_like(q), 0.25)
+
+
 @pytest.mark.parametrize("bad", ["token_budget", "sink_pages", "group_reduce", "q dtype", "q shape"])
 def test_quest_decode_errors_name_the_argument(bad):
     cache, g = make_cache([37, 20], 2, 16, torch.float32, 8, seed=3)
