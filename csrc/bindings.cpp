@@ -660,10 +660,8 @@ at::Tensor quest_decode_cpu(const at::Tensor& q, const at::Tensor& k_pages, cons
                             const at::Tensor& seqlens, bool sum_reduce, int64_t token_budget, int64_t sink_pages,
                             int64_t recent_pages, at::Tensor& out, double scale) {
   check_pages_tensor(k_pages, "k_pages");
-  TORCH_CHECK_VALUE(k_max.dim() == 3 && k_max.size(0) == k_pages.size(0) && k_max.size(1) == k_pages.size(2) &&
-                        k_max.size(2) == k_pages.size(3),
-                    "k_max must be [num_pages, heads_kv, head_dim] = [", k_pages.size(0), ", ", k_pages.size(2), ", ",
-                    k_pages.size(3), "] for k_pages of shape ", k_pages.sizes(), ", got ", k_max.sizes());
+  check_meta_tensor(k_max, "k_max", k_pages);  // shape, dtype, device and layout of the pool's metadata
+  check_meta_tensor(k_min, "k_min", k_pages);
   const at::Tensor scores = quest_scores_cpu(q, k_max, k_min, page_table, seqlens, k_pages.size(1), sum_reduce);
   const auto [pages, counts] =
       quest_select_cpu(scores, seqlens, k_pages.size(1), token_budget, sink_pages, recent_pages);

@@ -212,9 +212,11 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
         row["quest_ok"] = row["quest_floor_fraction"] >= QUEST_FLOOR_TARGET and (
             row["quest_speedup_vs_sdpa"] >= QUEST_SPEEDUP_TARGET or not (S == 32768 and budget == 2048))
         cold_name = f"quest{budget}_code_cold"
-        row["quest_code_cold_ms"] = t[cold_name]["median"] * 1e3 if cold_name in t else None
+        cold_median = t.get(cold_name, {}).get("median")
+        row["quest_code_cold_ms"] = cold_median * 1e3 if cold_median is not None else None
         row["timings_s"] = {n: t[n] for n in ("sdpa", "dense", f"quest{budget}", cold_name) if n in t}
-        spreads = [x["max"] / x["min"] for x in row["timings_s"].values() if x.get("min")]
+        # Noise flag over the timings the targets use (the code-cold comparison is bimodal by nature).
+        spreads = [x["max"] / x["min"] for n, x in row["timings_s"].items() if x.get("min") and n != cold_name]
         row["max_spread"] = max(spreads) if spreads else None
         rows.append(row)
         log("[decode] " + _one_line(row))

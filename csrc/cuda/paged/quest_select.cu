@@ -1,5 +1,6 @@
 // quest_select on CUDA, first step: one thread per (sequence, KV head, page) writes the page's
-// selection key (select_key, paged.h: the code the CPU op runs), and one thread per row its
+// selection key (select_key, paged.h; the CPU op orders pages by the same select_forced /
+// select_score_rank, by radix selection), and one thread per row its
 // count min(pages, k). The op (bindings_cuda_paged.cpp) then takes each row's k smallest keys
 // with torch.topk on the device and sorts their pages: the keys are distinct, so the
 // selection is unique and equal to the CPU op's for the same scores.

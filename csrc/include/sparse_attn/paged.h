@@ -191,6 +191,8 @@ SA_HOST_DEVICE float quest_bound(const float* q, const T* kmax, const T* kmin, i
 // lowest, -0 tied with +0 (the score mapped to an order-preserving integer, inverted, above
 // the page index); pages past the sequence key as kSelectNoPage, above all. Forced pages
 // number at most sink_pages + recent_pages <= k whenever n > k, so all of them are taken.
+// The CUDA engine sorts select_key values; the CPU engine radix-selects on the same order,
+// (select_forced ? 0 : select_score_rank, page), without building 64-bit keys.
 constexpr int64_t kSelectNoPage = INT64_MAX;
 
 // A score's rank as an unsigned integer, smaller for higher scores: NaN ranks with -inf and
