@@ -75,6 +75,17 @@ def _check_int(name: str, value, minimum: int, op: str) -> int:
     return value
 
 
+def _check_group_reduce(group_reduce, op: str) -> None:
+    if group_reduce not in ("max", "sum"):
+        raise ValueError(f"{op}: group_reduce must be 'max' or 'sum', got {group_reduce!r}")
+
+
+def _check_selection_args(token_budget, sink_pages, recent_pages, op: str) -> None:
+    _check_int("token_budget", token_budget, 1, op)
+    _check_int("sink_pages", sink_pages, 0, op)
+    _check_int("recent_pages", recent_pages, 0, op)
+
+
 class PagedKVCache:
     """One layer's paged KV cache (make one per layer: layers fill and evict together, but
     their keys differ, and per-layer objects keep each op's arguments one tensor each).
@@ -262,8 +273,7 @@ def quest_scores(q: torch.Tensor, cache: PagedKVCache, *, group_reduce: str = "m
     with ``max`` (default) or ``sum``, so a KV head's pages are read once for the group.
     No softmax scale.
     """
-    if group_reduce not in ("max", "sum"):
-        raise ValueError(f"quest_scores: group_reduce must be 'max' or 'sum', got {group_reduce!r}")
+    _check_group_reduce(group_reduce, "quest_scores")
     return ops.quest_scores(q, cache.k_max, cache.k_min, cache.page_table, cache.seqlens, cache.page_size,
                             group_reduce == "sum")
 
@@ -278,9 +288,7 @@ def select_pages(scores: torch.Tensor, cache: PagedKVCache, *, token_budget: int
     Pages are logical indices, ascending; entries past ``counts`` are 0.
     """
     op = "select_pages"
-    _check_int("token_budget", token_budget, 1, op)
-    _check_int("sink_pages", sink_pages, 0, op)
-    _check_int("recent_pages", recent_pages, 0, op)
+    _check_selection_args(token_budget, sink_pages, recent_pages, op)
     if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.shape[0] != cache.batch_size:
         raise ValueError(f"{op}: scores must be [batch={cache.batch_size}, heads_kv, max_pages], got "
                          f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
@@ -443,11 +451,8 @@ def quest_decode(q: torch.Tensor, cache: PagedKVCache, *, token_budget: int, gro
         out = sparse_attn.quest_decode(q, cache, token_budget=128)  # 8 of 38 pages per KV head
     """
     if cache.k_pages.device.type == "cpu":
-        _check_int("token_budget", token_budget, 1, "quest_decode")
-        _check_int("sink_pages", sink_pages, 0, "quest_decode")
-        _check_int("recent_pages", recent_pages, 0, "quest_decode")
-        if group_reduce not in ("max", "sum"):
-            raise ValueError(f"quest_decode: group_reduce must be 'max' or 'sum', got {group_reduce!r}")
+        _check_selection_args(token_budget, sink_pages, recent_pages, "quest_decode")
+        _check_group_reduce(group_reduce, "quest_decode")
         out, sc = _decode_query(q, cache, out, scale, "quest_decode")
         lse = ops.quest_decode(q, cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, cache.page_table,
                                cache.seqlens, group_reduce == "sum", token_budget, sink_pages, recent_pages, out, sc)

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from .harness import (apply_common_args, cache_evictor, code_warmer, cpu_busy_fraction, data_evictor,
-                      projection_standin, read_bandwidth_gbs, text_table, time_fn, time_interleaved)
+                      one_page_cache_like, projection_standin, read_bandwidth_gbs, text_table, time_fn,
+                      time_interleaved)
 from .prefill import NOISY_SPREAD, _fmt, _ok
 
 DENSE_BW_TARGET = 0.6
@@ -141,11 +142,10 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
     out = torch.empty_like(q)
     evict = llc or data_evictor(cache.k_pages, cache.v_pages, cache.k_max, cache.k_min, k, v)
     # Code warm, data cold: each timed op first runs on a cache of one page per sequence.
-    tiny = sa.PagedKVCache(B, ps, Hkv, D, batch_size=B, max_pages_per_seq=1, dtype=dtype)
-    tk = torch.randn(B, ps, Hkv, D, generator=g).to(dtype)
-    tiny.prefill(tk, tk, torch.full((B,), ps))
-    tkh, t_out = tk.transpose(1, 2), torch.empty_like(q)
-    t_pages, t_counts = sa.select_pages(sa.quest_scores(q, tiny), tiny, token_budget=ps)
+    tiny = one_page_cache_like(cache)
+    tkh, t_out = tiny.k_pages.transpose(1, 2), torch.empty_like(q)  # [B, H_kv, page, D] for SDPA
+    t_scores = sa.quest_scores(q, tiny)
+    t_pages, t_counts = sa.select_pages(t_scores, tiny, token_budget=ps)
     code = cfg.code == "warm"
     projection = projection_standin() if code else None
 
@@ -177,15 +177,14 @@ def _run_case(cfg, sa, dtype, B, S, bw, log, llc) -> list[dict]:
     base["dense_ok"] = base["dense_bw_fraction"] >= DENSE_BW_TARGET
     rows = []
     npages = -(-S // ps)
+    w_scores = warm_with(lambda: sa.quest_scores(q, tiny))
+    w_attn = warm_with(lambda: sa.paged_decode_attention(q, tiny, pages=t_pages, counts=t_counts, out=t_out))
     for budget in cfg.budgets:
         row = dict(base, budget=budget, case=f"B={B} S={S} budget {budget}", quest_ms=ms[f"quest{budget}"])
         scores = sa.quest_scores(q, cache)
         pages, counts = sa.select_pages(scores, cache, token_budget=budget)
         first = torch.arange(pages.shape[-1], dtype=pages.dtype).expand_as(pages).contiguous()
-        t_scores = sa.quest_scores(q, tiny)
-        w_scores = warm_with(lambda: sa.quest_scores(q, tiny))
         w_select = warm_with(lambda: sa.select_pages(t_scores, tiny, token_budget=budget))
-        w_attn = warm_with(lambda: sa.paged_decode_attention(q, tiny, pages=t_pages, counts=t_counts, out=t_out))
 
         def part(fn, w):
             return time_fn(fn, [()], warmup=cfg.warmup, repeats=cfg.repeats, before=lambda: (evict(), w()))

@@ -326,6 +326,19 @@ def code_warmer(*calls: Callable[[], Any]) -> Callable[[], None]:
     return warm
 
 
+def one_page_cache_like(cache, seed: int = 1):
+    """A :class:`sparse_attn.PagedKVCache` with ``cache``'s batch, page size, heads, head_dim
+    and dtype holding one full page of random keys per sequence: the tiny input of a
+    :func:`code_warmer` call (its data never touches the timed cache's)."""
+    from ..paged import PagedKVCache
+
+    B, ps, Hkv, D = cache.batch_size, cache.page_size, cache.k_pages.shape[2], cache.k_pages.shape[3]
+    tiny = PagedKVCache(B, ps, Hkv, D, batch_size=B, max_pages_per_seq=1, dtype=cache.k_pages.dtype)
+    k = torch.randn(B, ps, Hkv, D, generator=torch.Generator().manual_seed(seed)).to(cache.k_pages.dtype)
+    tiny.prefill(k, k, torch.full((B,), ps))
+    return tiny
+
+
 def projection_standin(nbytes: int = 8 << 20) -> Callable[[], Any]:
     """A callable standing in for the projection that precedes attention in a decode step:
     a bf16 matrix-vector product over ``nbytes`` of weights of its own, on the intra-op

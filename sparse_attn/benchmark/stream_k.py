@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .harness import (apply_common_args, cache_evictor, code_warmer, cpu_busy_fraction, data_evictor,
-                      projection_standin, read_bandwidth_gbs, text_table, time_interleaved)
+                      one_page_cache_like, projection_standin, read_bandwidth_gbs, text_table, time_interleaved)
 from .prefill import _fmt, _ok
 
 BW_TARGET = 0.6
@@ -88,7 +88,7 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
             per_head = sa.plan_decode(cache, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
             err = float((sa.paged_decode_attention(q, cache, plan=plan).float()
                          - sa.paged_decode_attention(q, cache, plan=per_head).float()).abs().max())
-            warm = _code_warmers(sa, cfg, B, Hq, Hkv, D, q)
+            warm = _code_warmers(sa, cfg, cache, q)
             t = time_interleaved({
                 "stream_k": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=plan), [()]),
                 "per_head": (lambda: sa.paged_decode_attention(q, cache, out=out, plan=per_head), [()]),
@@ -116,14 +116,12 @@ def run(cfg: StreamKConfig, log: Callable[[str], None] | None = None) -> tuple[l
     return rows, meta
 
 
-def _code_warmers(sa, cfg: StreamKConfig, B: int, Hq: int, Hkv: int, D: int, q: torch.Tensor) -> dict:
+def _code_warmers(sa, cfg: StreamKConfig, cache, q: torch.Tensor) -> dict:
     """Per timed call, the same call on a cache of one page per sequence (empty if --code cold)."""
     if cfg.code != "warm":
         return {}
-    ps = cfg.page_size
-    tiny = sa.PagedKVCache(B, ps, Hkv, D, batch_size=B, max_pages_per_seq=1, dtype=torch.bfloat16)
-    tk = torch.randn(B, ps, Hkv, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    tiny.prefill(tk, tk, torch.full((B,), ps))
+    tiny = one_page_cache_like(cache)
+    Hq, B, Hkv = q.shape[1], cache.batch_size, cache.k_pages.shape[2]
     t_out = torch.empty_like(q)
     t_plan = sa.plan_decode(tiny, heads_q=Hq)
     t_per_head = sa.plan_decode(tiny, heads_q=Hq, num_workers=B * Hkv, tile_tokens=1 << 30)
